@@ -1,0 +1,39 @@
+# The course's two commands (see README.md). Both create .venv in the repo on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+
+.PHONY: course test lab unit notebooks-fast setup clean
+
+# Create the environment and install tinyldm with its test extras (pip's output goes to build/setup.log).
+$(STAMP): pyproject.toml
+	@mkdir -p build
+	@echo "setting up $(VENV) (first run only; log in build/setup.log) ..."
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -e '.[dev]' > build/setup.log 2>&1 \
+		|| (tail -n 30 build/setup.log; echo "install failed: see build/setup.log"; exit 1)
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+# Run the course: execute every notebook headless in walkthrough mode into build/notebooks/.
+course: $(STAMP)
+	$(BIN)/tinyldm course $(NOTEBOOKS)
+
+# Run all the tests: unit tests, then every notebook under nbval in fast mode.
+test: unit notebooks-fast
+
+unit: $(STAMP)
+	TINYLDM_FAST=1 $(BIN)/python -m pytest -q tests
+
+notebooks-fast: $(STAMP)
+	TINYLDM_FAST=1 $(BIN)/python -m pytest -q --nbval-lax -p no:cacheprovider $(NOTEBOOKS)
+
+# Open the notebooks in JupyterLab instead.
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks
+
+clean:
+	rm -rf build

@@ -1,0 +1,140 @@
+"""The ``tinyldm`` command: run the course, train the course's models, inspect files.
+
+    tinyldm course [NOTEBOOK ...]        execute notebooks headless (walkthrough mode) into build/notebooks
+    tinyldm train-autoencoder [options]  train an autoencoder on procedural scenes (resumable)
+    tinyldm info FILE                    what a tinyldm .safetensors file holds
+
+The small checkpoints in ``data/`` are made by these commands; ``data/README.md`` lists the exact
+command lines, so anyone can make them again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .config import BUILD_DIR, DATA_DIR
+
+
+def _cmd_course(args) -> int:
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebooks = [Path(p) for p in args.notebooks] or sorted(Path("notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if not notebooks:
+        print("no notebooks given or found in ./notebooks", file=sys.stderr)
+        return 2
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failed = []
+    for path in notebooks:
+        nb = nbformat.read(path, as_version=4)
+        start = time.perf_counter()
+        print(f"running {path} ...", flush=True)
+        client = NotebookClient(nb, timeout=args.timeout, kernel_name="python3",
+                                resources={"metadata": {"path": str(path.parent)}})
+        try:
+            client.execute()
+            status = "ok"
+        except Exception as e:  # keep going: one broken notebook should not hide the others
+            status = f"FAILED ({type(e).__name__})"
+            failed.append(path.name)
+            print(str(e)[-2000:], file=sys.stderr)
+        nbformat.write(nb, out_dir / path.name)
+        print(f"  {status} in {time.perf_counter() - start:.0f} s -> {out_dir / path.name}", flush=True)
+    print(f"\nexecuted notebooks are in {out_dir}/ (open them with `make lab` or `jupyter lab {out_dir}`)")
+    return 1 if failed else 0
+
+
+def _cmd_train_autoencoder(args) -> int:
+    import torch
+
+    from .autoencoder import Autoencoder, AutoencoderConfig, autoencoder_loss, reconstruction_psnr
+    from .data import RandomCrops, Scenes
+    from .train import TrainConfig, Trainer
+
+    config = AutoencoderConfig.preset(args.preset)
+    train_data = Scenes(size=args.size, length=args.n_images, seed=0, max_objects=args.max_objects)
+    if args.crop:
+        train_data = RandomCrops(train_data, args.crop, seed=args.seed)
+    ae = Autoencoder(config)
+    tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
+                     ema_decay=args.ema, ckpt_every=args.ckpt_every, precision=args.precision,
+                     num_workers=args.workers, seed=args.seed)
+    trainer = Trainer(ae, autoencoder_loss, train_data, tc, out_dir=args.run_dir, resume=not args.restart,
+                      device=args.device)
+    if trainer.step:
+        print(f"resuming {args.run_dir} at step {trainer.step}")
+    trainer.fit()
+    final = trainer.ema if trainer.ema is not None else trainer.model
+    final = final.cpu().eval()
+    # held-out images (another seed) for the scale factor and the reported PSNR
+    held_out = torch.stack([Scenes(size=args.size, length=256, seed=1, max_objects=args.max_objects)[i]["image"]
+                            for i in range(256)])
+    scale = final.fit_scale_factor(held_out)
+    value = reconstruction_psnr(final, held_out)
+    out = final.save(args.out, psnr=value, steps=trainer.step, image_size=args.size, command=" ".join(sys.argv))
+    print(f"saved {out}: PSNR {value:.2f} dB on 256 held-out {args.size}px scenes, scale_factor {scale:.4f}")
+    return 0
+
+
+def _cmd_info(args) -> int:
+    from safetensors import safe_open
+
+    with safe_open(args.file, framework="pt") as f:
+        meta = f.metadata() or {}
+        print(f"{args.file}: kind={meta.get('kind')!r}, {len(list(f.keys()))} tensors")
+    for key in ("config", "extra"):
+        if key in meta:
+            value = json.loads(meta[key])
+            if isinstance(value, dict) and "captions" in value:
+                value = {**value, "captions": f"<{len(value['captions'])} captions>"}
+            print(f"{key}: {json.dumps(value, indent=1)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tinyldm", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("course", help="execute notebooks headless in walkthrough mode")
+    p.add_argument("notebooks", nargs="*")
+    p.add_argument("--out", default=str(BUILD_DIR / "notebooks"))
+    p.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+    p.set_defaults(fn=_cmd_course)
+
+    p = sub.add_parser("train-autoencoder", help="train an autoencoder on procedural scenes")
+    p.add_argument("--preset", default="course")
+    p.add_argument("--size", type=int, default=64, help="image side in pixels")
+    p.add_argument("--crop", type=int, default=32, help="train on random crops of this side (0: whole images)")
+    p.add_argument("--max-objects", type=int, default=2)
+    p.add_argument("--n-images", type=int, default=50_000, help="distinct training scenes")
+    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--ckpt-every", type=int, default=250)
+    p.add_argument("--run-dir", default=str(BUILD_DIR / "runs" / "autoencoder"),
+                   help="training state goes here; an existing run is resumed")
+    p.add_argument("--restart", action="store_true", help="ignore an existing run in --run-dir")
+    p.add_argument("--out", default=str(DATA_DIR / "autoencoder-course.safetensors"))
+    p.set_defaults(fn=_cmd_train_autoencoder)
+
+    p = sub.add_parser("info", help="describe a tinyldm .safetensors file")
+    p.add_argument("file")
+    p.set_defaults(fn=_cmd_info)
+
+    args = parser.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Run-wide settings: fast mode, devices, seeds and where the course keeps its files.
+
+The course runs at two speeds from the same cells (see the README):
+
+- walkthrough (default): sizes chosen so each notebook finishes in a few minutes on a 2-core CPU
+  and shows results that look like what the text claims;
+- fast (``TINYLDM_FAST=1``, set by the test command and CI): the same cells on tiny sizes, so the
+  whole course executes under nbval in minutes. Results are not meant to look good in fast mode.
+
+Model configs live next to their models (``AutoencoderConfig`` in ``autoencoder``,
+``ScheduleConfig`` in ``schedule``) as dataclasses with named presets.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+T_ = TypeVar("T_")
+
+FAST_ENV = "TINYLDM_FAST"
+
+# The repository root when running from a checkout (notebooks, tests, the CLI); `data/` holds the
+# small course checkpoints made by `tinyldm train-autoencoder`, `build/` what the course writes.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("TINYLDM_DATA", REPO_ROOT / "data"))
+BUILD_DIR = Path(os.environ.get("TINYLDM_BUILD", REPO_ROOT / "build"))
+
+
+def fast_mode() -> bool:
+    """True when ``TINYLDM_FAST`` is set to a true value (1, true, yes)."""
+    return os.environ.get(FAST_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def pick(walkthrough: T_, fast: T_) -> T_:
+    """The walkthrough value, or the fast one in fast mode: ``steps = pick(600, 5)``."""
+    return fast if fast_mode() else walkthrough
+
+
+def mode_banner() -> str:
+    """One line for the top of each notebook: which mode, which device, how many threads."""
+    mode = "FAST (tiny sizes, for CI)" if fast_mode() else "WALKTHROUGH"
+    return f"tinyldm mode: {mode} | device: {default_device()} | torch threads: {torch.get_num_threads()}"
+
+
+def default_device() -> torch.device:
+    """cuda if present, then Apple's mps, else cpu. Override with ``TINYLDM_DEVICE``."""
+    if name := os.environ.get("TINYLDM_DEVICE"):
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, numpy and torch; return a CPU generator seeded the same, for explicit use."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)

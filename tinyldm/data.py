@@ -1,0 +1,685 @@
+"""Datasets: procedural 2-D scenes (the course's offline default) and real images.
+
+Every dataset here returns a dict per item, so the same training loop runs on any
+of them and torch's ``default_collate`` batches them::
+
+    "image"    float32 tensor [3, H, W], values in [-1, 1]      (all datasets)
+    "label"    int                                               (all datasets)
+    "caption"  str                                               (all datasets)
+
+``Scenes`` adds ``"masks"``, ``"n_objects"`` and ``"attributes"`` (see
+``Scenes.__getitem__``); ``ImageFolder`` adds ``"path"``. Real-image datasets have
+no labels or captions: they return label 0 and caption "" so they batch exactly
+like ``Scenes`` for unconditional training.
+
+SCENES
+------
+A scene is a muted, grey-ish background with 1..4 flat-coloured objects drawn on
+it. Each object has a shape (``SHAPES``), a colour (``COLORS``), a size class
+(``SIZES``), a centre and a rotation.
+
+* Class label: ``label = shape_index * len(COLORS) + color_index`` of the FIRST
+  object of the scene (``objects[0]``, drawn first, i.e. at the bottom), so there
+  are ``NUM_CLASSES = 24`` classes; ``class_name`` / ``label_of`` convert.
+* Geometry: coordinates are fractions of the image side, x to the right, y
+  DOWNWARDS (row direction), so (0, 0) is the top-left corner of the image and
+  (1, 1) the bottom-right one. ``radius`` is the circumradius: the whole object
+  lies in the disc of that radius around (cx, cy), and that disc lies inside the
+  image. ``angle`` is in radians, from +x towards +y (clockwise on screen),
+  reduced to the shape's symmetry period; circles have angle 0.
+* Items are deterministic functions of (seed, index): item i is drawn from
+  ``np.random.default_rng([seed, i])``, so any item can be regenerated alone, in
+  any order, by any DataLoader worker.
+* Captions are English sentences built from the module-level tables
+  (``SCENE_TEMPLATES``, ``OBJECT_TEMPLATES``, ``JOIN_TEMPLATES``, ``COLOR_WORDS``,
+  ``SHAPE_WORDS``, ``SIZE_WORDS``, ``POSITION_WORDS``, ``BACKGROUND_WORDS``),
+  which are public so that later code can tell which phrasings training used.
+  Every caption names the colour and the shape of every object (possibly by a
+  synonym); size, position and background are mentioned only sometimes.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+
+__all__ = [
+    "SHAPES", "COLORS", "SIZES", "SIZE_RADII", "NUM_CLASSES", "MAX_OBJECTS", "IMAGE_EXTENSIONS",
+    "COLOR_WORDS", "SHAPE_WORDS", "SIZE_WORDS", "POSITION_WORDS", "BACKGROUND_WORDS",
+    "OBJECT_TEMPLATES", "JOIN_TEMPLATES", "SCENE_TEMPLATES",
+    "DataError", "SceneObject", "Background",
+    "class_name", "label_of", "position_of", "sample_scene", "describe", "render_scene",
+    "Scenes", "RandomCrops", "ImageFolder", "TorchvisionImages",
+    "to_tensor_image", "to_pil_image", "resize_center_crop", "prepare_image",
+]
+
+
+class DataError(ValueError):
+    """A bad argument or bad data: says what was expected and what came."""
+
+
+# ----------------------------------------------------------------------------
+# Scene vocabulary
+# ----------------------------------------------------------------------------
+
+SHAPES = ("circle", "square", "triangle", "star")
+
+# Saturated hues, far apart in RGB so that they stay distinct at 32 px and can
+# never be mistaken for the grey-ish backgrounds (whose channels differ by < 0.06).
+# A plain dict: insertion-ordered, and the order defines the colour index.
+COLORS: dict[str, tuple[float, float, float]] = {
+    "red": (0.88, 0.11, 0.11),
+    "orange": (1.00, 0.55, 0.05),
+    "yellow": (0.98, 0.88, 0.10),
+    "green": (0.13, 0.70, 0.20),
+    "blue": (0.13, 0.33, 0.93),
+    "purple": (0.58, 0.20, 0.84),
+}
+
+SIZES = ("small", "large")
+
+# Circumradius ranges (fraction of the image side) per size class. The gap between
+# them keeps the classes visually distinct; 0.13 keeps a small star's arms a few
+# pixels long at 32 px, and 0.31 leaves room to move a large object around.
+SIZE_RADII = {"small": (0.13, 0.19), "large": (0.23, 0.31)}
+
+NUM_CLASSES = len(SHAPES) * len(COLORS)
+
+_SHAPE_INDEX = {name: i for i, name in enumerate(SHAPES)}
+_COLOR_INDEX = {name: i for i, name in enumerate(COLORS)}
+_SIZE_INDEX = {name: i for i, name in enumerate(SIZES)}
+
+# Rotational symmetry order per shape (0 = any angle, i.e. a circle).
+_SYMMETRY = {"circle": 0, "square": 4, "triangle": 3, "star": 5}
+# Inner-to-outer radius of the star; fatter than a regular pentagram (0.38) so the
+# arms survive antialiasing at 32 px.
+_STAR_INNER = 0.47
+
+MAX_OBJECTS = 4
+
+
+def class_name(label: int) -> str:
+    """Name of a class label, e.g. ``class_name(0) == "red circle"``."""
+    if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
+        raise DataError(f"label must be an int in [0, {NUM_CLASSES - 1}], got {label!r}")
+    if not 0 <= label < NUM_CLASSES:
+        raise DataError(f"label must be in [0, {NUM_CLASSES - 1}], got {label}")
+    shape, color = divmod(int(label), len(COLORS))
+    return f"{list(COLORS)[color]} {SHAPES[shape]}"
+
+
+def label_of(shape: str, color: str) -> int:
+    """Class label of a (shape, colour) pair: ``shape_index * len(COLORS) + color_index``."""
+    if shape not in _SHAPE_INDEX:
+        raise DataError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+    if color not in _COLOR_INDEX:
+        raise DataError(f"unknown colour {color!r}; expected one of {tuple(COLORS)}")
+    return _SHAPE_INDEX[shape] * len(COLORS) + _COLOR_INDEX[color]
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One object of a scene (conventions in the module docstring).
+
+    shape, color, size: names from SHAPES, COLORS, SIZES.
+    cx, cy: centre, fractions of the image side (y downwards).
+    radius: circumradius, fraction of the image side.
+    angle: rotation in radians (0 for circles).
+    """
+
+    shape: str
+    color: str
+    size: str
+    cx: float
+    cy: float
+    radius: float
+    angle: float
+
+    @property
+    def attributes(self) -> tuple[int, int, int]:
+        """(shape index, colour index, size index)."""
+        return _SHAPE_INDEX[self.shape], _COLOR_INDEX[self.color], _SIZE_INDEX[self.size]
+
+
+@dataclass(frozen=True)
+class Background:
+    """A scene background: ``rgb`` (in [0, 1]) at the image centre, plus a linear
+    ramp of total strength ``amplitude`` along direction ``angle`` (radians, same
+    convention as objects). ``tone`` is "dark" or "light"; it is not part of the
+    label, captions mention it only sometimes."""
+
+    tone: str
+    rgb: tuple[float, float, float]
+    angle: float
+    amplitude: float
+
+
+# ----------------------------------------------------------------------------
+# Captions
+# ----------------------------------------------------------------------------
+
+# Synonyms only where they honestly describe the rendered colour / shape.
+COLOR_WORDS = {
+    "red": ("red", "crimson", "scarlet"),
+    "orange": ("orange", "tangerine"),
+    "yellow": ("yellow", "bright yellow", "lemon yellow"),
+    "green": ("green", "grass green", "emerald"),
+    "blue": ("blue", "royal blue", "cobalt blue"),
+    "purple": ("purple", "violet"),
+}
+SHAPE_WORDS = {
+    "circle": ("circle", "disc", "round dot"),
+    "square": ("square", "block", "box"),
+    "triangle": ("triangle", "triangular shape"),
+    "star": ("star", "five-pointed star"),
+}
+SIZE_WORDS = {
+    "small": ("small", "little", "tiny"),
+    "large": ("large", "big", "huge"),
+}
+# Keyed by (row, column) of the image third the object's centre falls in.
+POSITION_WORDS = {
+    ("top", "left"): ("in the top left", "in the upper left corner", "at the top left"),
+    ("top", "center"): ("at the top", "near the top", "in the upper part"),
+    ("top", "right"): ("in the top right", "in the upper right corner", "at the top right"),
+    ("middle", "left"): ("on the left", "on the left side"),
+    ("middle", "center"): ("at the center", "in the middle", "in the centre"),
+    ("middle", "right"): ("on the right", "on the right side"),
+    ("bottom", "left"): ("in the bottom left", "in the lower left corner", "at the bottom left"),
+    ("bottom", "center"): ("at the bottom", "near the bottom", "in the lower part"),
+    ("bottom", "right"): ("in the bottom right", "in the lower right corner", "at the bottom right"),
+}
+BACKGROUND_WORDS = {
+    "dark": ("a dark background", "a dark grey background", "a dim backdrop"),
+    "light": ("a light background", "a pale grey background", "a pale backdrop"),
+}
+# One object; "{size}" is either "" or a size word plus a space, "{where}" either ""
+# or a space plus a position phrase. The article is added afterwards (a / an).
+OBJECT_TEMPLATES = (
+    "{size}{color} {shape}{where}",
+    "{size}{shape} in {color}{where}",
+)
+# Several objects: "{first}" is the first object phrase, "{rest}" the others
+# joined by ", " and " and ".
+JOIN_TEMPLATES = (
+    "{first} and {rest}",
+    "{first} next to {rest}",
+    "{first} as well as {rest}",
+    "{first}, together with {rest}",
+)
+SCENE_TEMPLATES = (
+    "{objects}",
+    "there is {objects}",
+    "there is {objects} on {background}",
+    "a picture of {objects}",
+    "an image with {objects}",
+    "an image with {objects} on {background}",
+    "a drawing of {objects}",
+    "a simple drawing of {objects} on {background}",
+    "{objects} on {background}",
+    "you can see {objects}",
+    "this image shows {objects}",
+    "a flat illustration of {objects}",
+)
+
+# Probabilities that an object phrase mentions the size / the position: captions
+# that leave things out teach a text-conditioned model that unsaid attributes vary.
+_P_SIZE = 0.75
+_P_POSITION = 0.6
+
+
+def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
+    # rng.integers, not rng.choice: choice would build a numpy array of strings.
+    return options[int(rng.integers(len(options)))]
+
+
+def _with_article(phrase: str) -> str:
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+def position_of(cx: float, cy: float) -> tuple[str, str]:
+    """(row, column) of the image third holding the point: row in
+    ("top", "middle", "bottom"), column in ("left", "center", "right")."""
+    row = ("top", "middle", "bottom")[min(int(cy * 3), 2)]
+    col = ("left", "center", "right")[min(int(cx * 3), 2)]
+    return row, col
+
+
+def _object_phrase(obj: SceneObject, rng: np.random.Generator) -> str:
+    color = _pick(rng, COLOR_WORDS[obj.color])
+    shape = _pick(rng, SHAPE_WORDS[obj.shape])
+    size = _pick(rng, SIZE_WORDS[obj.size]) + " " if rng.random() < _P_SIZE else ""
+    where = ""
+    if rng.random() < _P_POSITION:
+        where = " " + _pick(rng, POSITION_WORDS[position_of(obj.cx, obj.cy)])
+    template = _pick(rng, OBJECT_TEMPLATES)
+    return _with_article(template.format(size=size, color=color, shape=shape, where=where))
+
+
+def describe(objects: Sequence[SceneObject], background: Background | str,
+             rng: np.random.Generator) -> str:
+    """A lower-case English caption of a scene; templates and synonyms are drawn
+    from ``rng``, so the same rng state gives the same caption.
+
+    ``background`` is a Background or just its tone ("dark" / "light").
+    """
+    if not objects:
+        raise DataError("describe needs at least one object, got none")
+    tone = background if isinstance(background, str) else background.tone
+    if tone not in BACKGROUND_WORDS:
+        raise DataError(f"background tone must be one of {tuple(BACKGROUND_WORDS)}, got {tone!r}")
+    phrases = [_object_phrase(obj, rng) for obj in objects]
+    if len(phrases) == 1:
+        joined = phrases[0]
+    else:
+        rest = phrases[1:]
+        rest_text = rest[0] if len(rest) == 1 else ", ".join(rest[:-1]) + " and " + rest[-1]
+        joined = _pick(rng, JOIN_TEMPLATES).format(first=phrases[0], rest=rest_text)
+    template = _pick(rng, SCENE_TEMPLATES)
+    return template.format(objects=joined, background=_pick(rng, BACKGROUND_WORDS[tone]))
+
+
+# ----------------------------------------------------------------------------
+# Sampling a scene
+# ----------------------------------------------------------------------------
+
+def _sample_object(rng: np.random.Generator, placed: list[SceneObject]) -> SceneObject:
+    shape = SHAPES[int(rng.integers(len(SHAPES)))]
+    color = list(COLORS)[int(rng.integers(len(COLORS)))]
+    size = SIZES[int(rng.integers(len(SIZES)))]
+    radius = float(rng.uniform(*SIZE_RADII[size]))
+    order = _SYMMETRY[shape]
+    angle = float(rng.uniform(0.0, 2 * math.pi / order)) if order else 0.0
+
+    # Rejection sampling for limited overlap: centres at least 0.8 * (r_i + r_j)
+    # apart. Crowded scenes may have no such spot, so after a few tries keep the
+    # least-overlapping candidate rather than loop forever.
+    best, best_score = (0.5, 0.5), -math.inf
+    for _ in range(12):
+        cx, cy = rng.uniform(radius, 1.0 - radius, size=2)
+        score = min((math.hypot(cx - o.cx, cy - o.cy) / (radius + o.radius) for o in placed),
+                    default=math.inf)
+        if score > best_score:
+            best, best_score = (float(cx), float(cy)), score
+        if score >= 0.8:
+            break
+    return SceneObject(shape, color, size, best[0], best[1], radius, angle)
+
+
+def _sample_background(rng: np.random.Generator) -> Background:
+    tone = ("dark", "light")[int(rng.integers(2))]
+    grey = rng.uniform(0.14, 0.28) if tone == "dark" else rng.uniform(0.72, 0.86)
+    # A faint tint keeps backgrounds from being perfectly grey but far below the
+    # saturation of any object colour.
+    rgb = np.clip(grey + rng.uniform(-0.025, 0.025, size=3), 0.0, 1.0)
+    angle = float(rng.uniform(0.0, 2 * math.pi))
+    amplitude = float(rng.uniform(0.04, 0.10))
+    return Background(tone, tuple(float(c) for c in rgb), angle, amplitude)
+
+
+def sample_scene(rng: np.random.Generator, min_objects: int = 1,
+                 max_objects: int = 1) -> tuple[list[SceneObject], Background]:
+    """Draw a random scene: (objects in drawing order, background)."""
+    n = int(rng.integers(min_objects, max_objects + 1))
+    objects: list[SceneObject] = []
+    for _ in range(n):
+        objects.append(_sample_object(rng, objects))
+    return objects, _sample_background(rng)
+
+
+# ----------------------------------------------------------------------------
+# Rendering
+# ----------------------------------------------------------------------------
+
+def _sdf(obj: SceneObject, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Signed distance (fraction of the image side, negative inside) from the
+    points (x, y) (broadcastable float32 arrays) to the object's outline."""
+    dx, dy = x - np.float32(obj.cx), y - np.float32(obj.cy)
+    rho = np.hypot(dx, dy)
+    order = _SYMMETRY[obj.shape]
+    if order == 0:
+        return rho - np.float32(obj.radius)
+
+    # Squares, triangles and stars have n-fold symmetry plus mirror symmetry, so
+    # fold every point into the half-wedge 0 <= theta <= pi/n. There the outline
+    # is one segment, from the tip (R, 0) to the point at angle pi/n (an edge
+    # midpoint for a polygon, the inner vertex for a star); its distance is the
+    # exact distance to the whole outline.
+    wedge = np.float32(2 * math.pi / order)
+    theta = np.mod(np.arctan2(dy, dx) - np.float32(obj.angle), wedge)
+    theta = np.minimum(theta, wedge - theta)
+    qx, qy = rho * np.cos(theta), rho * np.sin(theta)
+
+    r = obj.radius
+    inner = r * (_STAR_INNER if obj.shape == "star" else math.cos(math.pi / order))
+    ax, ay = r, 0.0
+    bx, by = inner * math.cos(math.pi / order), inner * math.sin(math.pi / order)
+    ex, ey = bx - ax, by - ay
+    px, py = qx - np.float32(ax), qy  # ay == 0
+    t = np.clip((px * np.float32(ex) + py * np.float32(ey)) / np.float32(ex * ex + ey * ey), 0, 1)
+    dist = np.hypot(px - t * np.float32(ex), py - t * np.float32(ey))
+    # The origin is on the positive side of the segment's line (cross product > 0
+    # means inside), and within the half-wedge that line separates inside/outside.
+    inside = (np.float32(ex) * py - np.float32(ey) * px) > 0
+    return np.where(inside, -dist, dist)
+
+
+_GRIDS: dict[int, np.ndarray] = {}
+
+
+def _pixel_centres(size: int) -> np.ndarray:
+    # Cached: the same few sizes are rendered millions of times.
+    if size not in _GRIDS:
+        _GRIDS[size] = (np.arange(size, dtype=np.float32) + 0.5) / size
+    return _GRIDS[size]
+
+
+def render_scene(objects: Sequence[SceneObject], background: Background, size: int,
+                 num_slots: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Rasterise a scene, antialiased.
+
+    Returns ``(image, masks)`` as float32 numpy arrays: image ``[3, size, size]``
+    in [0, 1] (NOT [-1, 1]), masks ``[num_slots, size, size]`` in [0, 1]
+    (num_slots defaults to len(objects); extra slots are zero). ``masks[k]`` is
+    how much of each pixel object k contributes to the final image, after
+    occlusion by the objects drawn after it, so that
+    ``image = background * (1 - masks.sum(0)) + sum_k masks[k] * colour_k``.
+    """
+    num_slots = len(objects) if num_slots is None else num_slots
+    u = _pixel_centres(size)
+
+    c, s = math.cos(background.angle), math.sin(background.angle)
+    ramp = (u[None, :] - 0.5) * np.float32(c) + (u[:, None] - 0.5) * np.float32(s)
+    image = np.asarray(background.rgb, np.float32)[:, None, None] \
+        + np.float32(background.amplitude) * ramp[None]
+    np.clip(image, 0.0, 1.0, out=image)
+    masks = np.zeros((num_slots, size, size), np.float32)
+
+    for k, obj in enumerate(objects):
+        # Only the object's bounding box (+1 px of antialiasing margin) can be
+        # covered; evaluating the SDF there instead of everywhere is the main
+        # reason rendering is fast at large sizes.
+        x0 = max(int((obj.cx - obj.radius) * size) - 1, 0)
+        x1 = min(int(math.ceil((obj.cx + obj.radius) * size)) + 1, size)
+        y0 = max(int((obj.cy - obj.radius) * size) - 1, 0)
+        y1 = min(int(math.ceil((obj.cy + obj.radius) * size)) + 1, size)
+        d = _sdf(obj, u[None, x0:x1], u[y0:y1, None])
+        # Coverage of a pixel by a straight edge at distance d (in pixels) from
+        # its centre, approximated as a 1-px linear ramp.
+        cover = np.clip(np.float32(0.5) - d * np.float32(size), 0.0, 1.0)
+        keep = 1.0 - cover
+        box = (slice(y0, y1), slice(x0, x1))
+        masks[(slice(0, k), *box)] *= keep
+        masks[(k, *box)] = cover
+        color = np.asarray(COLORS[obj.color], np.float32)[:, None, None]
+        image[(slice(None), *box)] = image[(slice(None), *box)] * keep + cover * color
+    return image, masks
+
+
+# ----------------------------------------------------------------------------
+# Scenes dataset
+# ----------------------------------------------------------------------------
+
+def _check_int(name: str, value: Any, low: int, high: float | None = None) -> int:
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if ok and value >= low and (high is None or value <= high):
+        return int(value)
+    allowed = f"an int in [{low}, {high}]" if high is not None else f"an int >= {low}"
+    raise DataError(f"{name} must be {allowed}, got {value!r}")
+
+
+class Scenes(Dataset):
+    """Procedural scenes of coloured shapes; conventions in the module docstring.
+
+    Args:
+        size: image side in pixels, an int in [32, 512].
+        length: number of items.
+        seed: non-negative int; item i depends only on (seed, i).
+        max_objects: objects per scene at most (<= 4); also the number of slots
+            in "masks" and "attributes".
+        min_objects: objects per scene at least (>= 1). The count is uniform in
+            [min_objects, max_objects].
+    """
+
+    def __init__(self, size: int = 64, length: int = 10_000, seed: int = 0,
+                 max_objects: int = 1, min_objects: int = 1):
+        self.size = _check_int("size", size, 32, 512)
+        self.length = _check_int("length", length, 1)
+        self.seed = _check_int("seed", seed, 0)
+        self.max_objects = _check_int("max_objects", max_objects, 1, MAX_OBJECTS)
+        self.min_objects = _check_int("min_objects", min_objects, 1, MAX_OBJECTS)
+        if self.min_objects > self.max_objects:
+            raise DataError(f"min_objects must be <= max_objects, got min_objects={min_objects} "
+                            f"and max_objects={max_objects}")
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _rng(self, index: int) -> np.random.Generator:
+        i = operator.index(index)
+        if i < 0:
+            i += self.length
+        if not 0 <= i < self.length:
+            raise IndexError(f"index {index} out of range for Scenes of length {self.length}")
+        return np.random.default_rng([self.seed, i])
+
+    def objects(self, index: int) -> tuple[list[SceneObject], Background]:
+        """The scene of item ``index``: (objects in drawing order, background)."""
+        return sample_scene(self._rng(index), self.min_objects, self.max_objects)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """Item ``index`` as a dict:
+
+        "image"       float32 [3, size, size] in [-1, 1]
+        "label"       int, shape_index * len(COLORS) + color_index of object 0
+        "caption"     str
+        "masks"       float32 [max_objects, size, size] in [0, 1]: visible coverage
+                      of each object (occluders removed); zeros for absent slots
+        "n_objects"   int
+        "attributes"  int64 [max_objects, 3]: (shape, colour, size) indices per
+                      object; rows of -1 for absent slots
+        """
+        rng = self._rng(index)
+        objects, background = sample_scene(rng, self.min_objects, self.max_objects)
+        caption = describe(objects, background, rng)  # same rng: reproducible
+        image, masks = render_scene(objects, background, self.size, self.max_objects)
+        image *= 2.0
+        image -= 1.0
+        np.clip(image, -1.0, 1.0, out=image)  # rounding could overshoot by an ulp
+        attributes = torch.full((self.max_objects, 3), -1, dtype=torch.int64)
+        attributes[: len(objects)] = torch.tensor([o.attributes for o in objects])
+        return {
+            "image": torch.from_numpy(image),
+            "label": label_of(objects[0].shape, objects[0].color),
+            "caption": caption,
+            "masks": torch.from_numpy(masks),
+            "n_objects": len(objects),
+            "attributes": attributes,
+        }
+
+    def __repr__(self) -> str:
+        return (f"Scenes(size={self.size}, length={self.length}, seed={self.seed}, "
+                f"max_objects={self.max_objects}, min_objects={self.min_objects})")
+
+
+class RandomCrops(Dataset):
+    """Item i of ``dataset`` with "image" (and "masks") cropped to ``size`` x ``size`` at a position
+    fixed by (seed, i). Fully convolutional networks such as the autoencoder learn the same local
+    statistics from crops at a fraction of the cost; labels and captions describe the whole image."""
+
+    def __init__(self, dataset: Dataset, size: int, seed: int = 0):
+        self.dataset, self.size, self.seed = dataset, _check_int("size", size, 8), _check_int("seed", seed, 0)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = dict(self.dataset[index])
+        h, w = item["image"].shape[-2:]
+        if self.size > min(h, w):
+            raise DataError(f"crop size {self.size} is larger than the {h}x{w} images it crops")
+        rng = np.random.default_rng([self.seed, operator.index(index) % len(self), 1])
+        top, left = (int(v) for v in rng.integers(0, [h - self.size + 1, w - self.size + 1]))
+        for key in ("image", "masks"):
+            if key in item:
+                item[key] = item[key][..., top:top + self.size, left:left + self.size]
+        return item
+
+    def __repr__(self) -> str:
+        return f"RandomCrops({self.dataset!r}, size={self.size}, seed={self.seed})"
+
+
+# ----------------------------------------------------------------------------
+# Real images
+# ----------------------------------------------------------------------------
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+def _check_image_size(size: Any) -> int:
+    ok = isinstance(size, (int, np.integer)) and not isinstance(size, bool)
+    if not (ok and 8 <= size <= 2048 and size % 8 == 0):
+        raise DataError("size must be a multiple of 8 in [8, 2048] (the course's "
+                        f"autoencoders downsample by up to 8), got {size!r}")
+    return int(size)
+
+
+def to_tensor_image(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Convert an image to a float32 tensor ``[3, H, W]`` in [-1, 1].
+
+    Accepts a PIL image (any mode; converted to RGB, alpha dropped), a numpy array
+    ``[H, W]`` / ``[H, W, C]`` (HWC, as PIL and matplotlib lay it out), or a torch
+    tensor ``[H, W]`` / ``[C, H, W]`` (CHW, as torchvision does), with C in 1, 3, 4.
+    uint8 values are read as [0, 255], floats as [0, 1].
+    """
+    if isinstance(image, Image.Image):
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        image = np.asarray(image)
+    if isinstance(image, np.ndarray):
+        array = torch.from_numpy(np.array(image))  # a copy: PIL's arrays are read-only
+        if array.ndim == 3:
+            array = array.permute(2, 0, 1)
+    elif isinstance(image, torch.Tensor):
+        array = image.detach().cpu()
+    else:
+        raise DataError(f"expected a PIL image, numpy array or torch tensor, got {type(image).__name__}")
+
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3 or array.shape[0] not in (1, 3, 4):
+        raise DataError("expected an image with 1, 3 or 4 channels (HWC for numpy, CHW for "
+                        f"torch), got shape {tuple(image.shape)}")
+    array = array[:3].expand(3, -1, -1)  # grey -> RGB, RGBA -> RGB
+    if array.dtype == torch.uint8:
+        return array.float().div_(127.5).sub_(1.0)
+    if not array.dtype.is_floating_point:
+        raise DataError(f"expected uint8 or floating-point pixels, got {array.dtype}")
+    return array.float().mul(2.0).sub_(1.0).clamp_(-1.0, 1.0)
+
+
+def to_pil_image(image: Image.Image | np.ndarray | torch.Tensor) -> Image.Image:
+    """Any input of ``to_tensor_image`` as an 8-bit RGB PIL image."""
+    if isinstance(image, Image.Image):
+        return image if image.mode == "RGB" else image.convert("RGB")
+    pixels = (to_tensor_image(image) + 1.0).mul_(127.5).round_().clamp_(0, 255)
+    return Image.fromarray(pixels.to(torch.uint8).permute(1, 2, 0).numpy(), mode="RGB")
+
+
+def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
+    """Scale so the shorter side is ``size`` (bicubic, antialiased when shrinking)
+    and crop the centre ``size x size`` square; returns an RGB image."""
+    image = ImageOps.exif_transpose(image)  # phone photos store rotation in EXIF
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    w, h = image.size
+    side = min(w, h)
+    # Resizing just the central square is the same as resize-then-crop, in one pass.
+    box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+    return image.resize((size, size), Image.Resampling.BICUBIC, box=box)
+
+
+def prepare_image(image: Image.Image | np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
+    """``resize_center_crop`` then ``to_tensor_image``: float32 [3, size, size] in [-1, 1]."""
+    return to_tensor_image(resize_center_crop(to_pil_image(image), size))
+
+
+class ImageFolder(Dataset):
+    """Every image under ``root`` (recursively, sorted by path; files and folders
+    starting with "." are skipped), resized and centre-cropped to ``size x size``.
+
+    Items: {"image": float32 [3, size, size] in [-1, 1], "label": 0, "caption": "",
+    "path": str}. Label 0 and the empty caption make it batch like ``Scenes`` for
+    unconditional training. ``size`` must be a multiple of 8 in [8, 2048].
+    """
+
+    def __init__(self, root: str | Path, size: int,
+                 extensions: Sequence[str] = IMAGE_EXTENSIONS):
+        self.size = _check_image_size(size)
+        if isinstance(extensions, str):
+            extensions = (extensions,)
+        self.extensions = tuple("." + e.lower().lstrip(".") for e in extensions)
+        if not self.extensions:
+            raise DataError("extensions must name at least one file extension, got none")
+        self.root = Path(root)
+        if not self.root.exists():
+            raise DataError(f"image folder {self.root} does not exist")
+        if not self.root.is_dir():
+            raise DataError(f"{self.root} is a file, expected a folder of images")
+        # Hidden files include macOS "._name.jpg" resource forks, which are not images.
+        self.paths = sorted(
+            p for p in self.root.rglob("*")
+            if p.suffix.lower() in self.extensions and p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(self.root).parts)
+        )
+        if not self.paths:
+            raise DataError(f"no images with extensions {', '.join(self.extensions)} "
+                            f"found under {self.root}")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path = self.paths[index]
+        try:
+            with Image.open(path) as image:
+                image.load()  # decode now, so corrupt files fail here with their name
+                tensor = prepare_image(image, self.size)
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise DataError(f"cannot read image file {path}: {e}") from e
+        return {"image": tensor, "label": 0, "caption": "", "path": str(path)}
+
+
+class TorchvisionImages(Dataset):
+    """Adapter for a torchvision-style dataset yielding (image, target) pairs,
+    image a PIL image / array / tensor (see ``to_tensor_image``) and target an
+    int class. Items: {"image": float32 [3, size, size] in [-1, 1],
+    "label": int(target), "caption": ""}; same resize/crop as ``ImageFolder``.
+    """
+
+    def __init__(self, dataset: Dataset, size: int):
+        self.dataset = dataset
+        self.size = _check_image_size(size)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.dataset[index]
+        if not (isinstance(item, (tuple, list)) and len(item) == 2):
+            raise DataError(f"expected the wrapped dataset to yield (image, target) pairs, "
+                            f"got {type(item).__name__} at index {index}")
+        image, target = item
+        try:
+            label = int(target)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise DataError(f"expected an integer class target, got {target!r} at index {index}") from e
+        return {"image": prepare_image(image, self.size), "label": label, "caption": ""}

@@ -1,0 +1,252 @@
+"""One trainer for every network of the course (autoencoder, denoiser, text encoder).
+
+It owns what every run needs and nothing model-specific: AdamW with linear warm-up, gradient
+clipping, gradient accumulation, EMA weights, bf16 autocast on GPUs, a progress bar with the loss,
+atomic checkpoints every ``ckpt_every`` steps, and resume. The model-specific part is a loss
+function ``loss_fn(model, batch, generator) -> (loss, logs)``: for the denoiser it is Algorithm 1.
+
+Resuming gives the same result as an uninterrupted run because nothing depends on hidden state:
+the batch of step k is a function of (seed, k) (a fresh permutation of the data every epoch), and
+the random numbers of step k come from a generator seeded with (seed, k).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from .checkpoint import FORMAT, load_training_state, save_training_state
+from .config import default_device
+
+LossFn = Callable[[nn.Module, Any, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
+Callback = Callable[["Trainer", int], None]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf or exceeded ``max_loss``; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 32  # images per optimizer step, summed over accumulation micro-batches
+    lr: float = 2e-4
+    warmup_steps: int = 100  # lr rises linearly from 0, which keeps Adam's first steps small
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = 1.0  # max global gradient norm; None turns clipping off
+    grad_accum: int = 1  # micro-batches per step: batch_size / grad_accum images each
+    ema_decay: float | None = 0.999  # None: no EMA copy
+    precision: str = "fp32"  # "bf16": autocast matmuls/convs to bfloat16 (GPUs); weights stay fp32
+    seed: int = 0
+    ckpt_every: int = 500  # steps between checkpoints (and one at the end), when out_dir is set
+    max_loss: float = 1e4  # a loss above this counts as exploded
+    num_workers: int = 0  # DataLoader worker processes; 0 loads in the training process
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError(f"steps >= 0, batch_size >= 1 and grad_accum >= 1 expected, got "
+                             f"steps={self.steps}, batch_size={self.batch_size}, grad_accum={self.grad_accum}")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        self.adam_betas = tuple(self.adam_betas)
+
+    @property
+    def micro_batch(self) -> int:
+        return self.batch_size // self.grad_accum
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step) % 2**63
+
+
+class StepBatches(Sampler):
+    """Yields the index batches of steps ``start, start + 1, ...``: a new permutation each epoch,
+    fixed by (seed, epoch), so the batches of any step can be recomputed without replaying."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start_step: int = 0, steps: int | None = None):
+        if n < 1:
+            raise ValueError("the dataset is empty")
+        self.n, self.batch_size, self.seed, self.start, self.steps = n, batch_size, seed, start_step, steps
+        self._epoch, self._perm = -1, None
+
+    def _index(self, position: int) -> int:
+        epoch = position // self.n
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(_step_seed(self.seed, 10**9 + epoch))
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
+        return int(self._perm[position % self.n])
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = self.start
+        while self.steps is None or step < self.start + self.steps:
+            first = step * self.batch_size
+            yield [self._index(p) for p in range(first, first + self.batch_size)]
+            step += 1
+
+    def __len__(self):
+        if self.steps is None:
+            raise TypeError("an endless sampler has no length")
+        return self.steps
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move the tensors of a (nested) batch to ``device``; leave strings and numbers alone."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+class Trainer:
+    """Train ``model`` on ``dataset`` by minimising ``loss_fn``.
+
+    ``out_dir`` (optional) receives ``last.pt`` (the training state) every ``ckpt_every`` steps; with
+    ``resume=True`` an existing ``last.pt`` there is loaded and training continues from its step.
+    ``callbacks`` are called as ``cb(trainer, step)`` after every optimizer step (for sample grids,
+    exporting a model file, ...). ``history`` holds one dict per step: step, loss, lr, and the logs.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, dataset: Dataset, config: TrainConfig | None = None,
+                 out_dir: str | Path | None = None, device: str | torch.device | None = None,
+                 resume: bool = False, callbacks: list[Callback] = (), collate_fn=None):
+        self.config = config or TrainConfig()
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model = model.to(self.device)
+        self.loss_fn, self.dataset, self.collate_fn = loss_fn, dataset, collate_fn
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.callbacks = list(callbacks)
+        c = self.config
+        decay, no_decay = [], []
+        for p in model.parameters():
+            if p.requires_grad:
+                # biases and norm gains are 1-D; decaying them only hurts (the usual AdamW practice)
+                (decay if p.ndim >= 2 else no_decay).append(p)
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": c.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=c.lr, betas=c.adam_betas)
+        self.ema = copy.deepcopy(model).eval().requires_grad_(False) if c.ema_decay is not None else None
+        self.step, self.history = 0, []
+        if resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
+            self.load_state(self.checkpoint_path)
+
+    # -- state ------------------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return self.out_dir / "last.pt" if self.out_dir is not None else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "step": self.step, "model": self.model.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "optimizer": self.optimizer.state_dict(), "history": self.history,
+                "train_config": asdict(self.config)}
+
+    def save_state(self, path: str | Path | None = None) -> Path:
+        path = path or self.checkpoint_path
+        if path is None:
+            raise ValueError("no path given and the trainer has no out_dir")
+        return save_training_state(path, self.state_dict())
+
+    def load_state(self, path: str | Path) -> None:
+        state = load_training_state(path)
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.history = state["step"], list(state["history"])
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        c = self.config
+        return c.lr * min(1.0, (step + 1) / c.warmup_steps) if c.warmup_steps > 0 else c.lr
+
+    def _batches(self, steps: int):
+        c = self.config
+        sampler = StepBatches(len(self.dataset), c.micro_batch, c.seed, self.step * c.grad_accum,
+                              steps * c.grad_accum)
+        return iter(DataLoader(self.dataset, batch_sampler=sampler, num_workers=c.num_workers,
+                               collate_fn=self.collate_fn, pin_memory=self.device.type == "cuda"))
+
+    def fit(self, steps: int | None = None) -> list[dict[str, float]]:
+        """Train until ``config.steps`` (or ``steps`` more); return the history."""
+        c = self.config
+        steps = max(0, c.steps - self.step) if steps is None else steps
+        end = self.step + steps
+        batches = self._batches(steps)
+        self.model.train()
+        bar = tqdm(total=end, initial=self.step, desc="train", disable=not c.progress, dynamic_ncols=True)
+        while self.step < end:
+            logs = self._train_step(batches)
+            self.history.append(logs)
+            self.step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{logs['loss']:.4f}")
+            if self.out_dir is not None and (self.step % c.ckpt_every == 0 or self.step == end):
+                self.save_state()
+            for cb in self.callbacks:
+                cb(self, self.step)
+            self.model.train()  # a callback may have switched to eval to sample
+        bar.close()
+        return self.history
+
+    def _train_step(self, batches) -> dict[str, float]:
+        c, step = self.config, self.step
+        lr = self.lr_at(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        # every random draw of this step (noise, t, dropout) is a function of (seed, step)
+        torch.manual_seed(_step_seed(c.seed, step))
+        generator = torch.Generator(self.device).manual_seed(_step_seed(c.seed, step))
+        self.optimizer.zero_grad(set_to_none=True)
+        total, logs = 0.0, {}
+        for _ in range(c.grad_accum):
+            batch = to_device(next(batches), self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=c.precision == "bf16"):
+                loss, micro_logs = self.loss_fn(self.model, batch, generator)
+            self._check_loss(loss.item(), step)
+            (loss / c.grad_accum).backward()  # the mean over micro-batches is the full-batch loss
+            total += loss.item() / c.grad_accum
+            for k, v in micro_logs.items():
+                logs[k] = logs.get(k, 0.0) + v / c.grad_accum
+        if c.grad_clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+            logs["grad_norm"] = norm.item()
+            self._check_loss(norm.item(), step, what="gradient norm")
+        self.optimizer.step()
+        self._update_ema(step)
+        return {"step": step + 1, "loss": total, "lr": lr, **logs}
+
+    def _check_loss(self, value: float, step: int, what: str = "loss") -> None:
+        if math.isfinite(value) and (what != "loss" or value <= self.config.max_loss):
+            return
+        kept = (f"the last good checkpoint is kept at {self.checkpoint_path}"
+                if self.checkpoint_path is not None and self.checkpoint_path.exists()
+                else "no checkpoint was written (set out_dir to keep one)")
+        raise TrainingDiverged(
+            f"{what} became {value} at step {step + 1} (max_loss={self.config.max_loss}); {kept}. "
+            f"Try a lower lr (now {self.config.lr}), more warm-up, or gradient clipping.")
+
+    @torch.no_grad()
+    def _update_ema(self, step: int) -> None:
+        if self.ema is None:
+            return
+        # ramp the decay up so the average is not dominated by the random initial weights
+        decay = min(self.config.ema_decay, (1 + step) / (10 + step))
+        for e, p in zip(self.ema.parameters(), self.model.parameters()):
+            e.lerp_(p.detach(), 1.0 - decay)
+        for e, b in zip(self.ema.buffers(), self.model.buffers()):
+            e.copy_(b)
