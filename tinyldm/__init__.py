@@ -9,6 +9,7 @@ Modules, bottom to top (nothing imports upward):
     latents     encode a dataset once and cache its latents
     train       one trainer (AdamW, warm-up, EMA, accumulation, bf16, checkpoints, resume)
     viz         image grids, latent channels, loss curves
+    pretrained  the course's small checkpoints in data/: load them, or make them again
     cli         the ``tinyldm`` command
 """
 

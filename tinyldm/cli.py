@@ -50,34 +50,17 @@ def _cmd_course(args) -> int:
 
 
 def _cmd_train_autoencoder(args) -> int:
-    import torch
+    from .pretrained import train_autoencoder
+    from .train import TrainConfig
 
-    from .autoencoder import Autoencoder, AutoencoderConfig, autoencoder_loss, reconstruction_psnr
-    from .data import RandomCrops, Scenes
-    from .train import TrainConfig, Trainer
-
-    config = AutoencoderConfig.preset(args.preset)
-    train_data = Scenes(size=args.size, length=args.n_images, seed=0, max_objects=args.max_objects)
-    if args.crop:
-        train_data = RandomCrops(train_data, args.crop, seed=args.seed)
-    ae = Autoencoder(config)
     tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
                      ema_decay=args.ema, ckpt_every=args.ckpt_every, precision=args.precision,
                      num_workers=args.workers, seed=args.seed)
-    trainer = Trainer(ae, autoencoder_loss, train_data, tc, out_dir=args.run_dir, resume=not args.restart,
-                      device=args.device)
-    if trainer.step:
-        print(f"resuming {args.run_dir} at step {trainer.step}")
-    trainer.fit()
-    final = trainer.ema if trainer.ema is not None else trainer.model
-    final = final.cpu().eval()
-    # held-out images (another seed) for the scale factor and the reported PSNR
-    held_out = torch.stack([Scenes(size=args.size, length=256, seed=1, max_objects=args.max_objects)[i]["image"]
-                            for i in range(256)])
-    scale = final.fit_scale_factor(held_out)
-    value = reconstruction_psnr(final, held_out)
-    out = final.save(args.out, psnr=value, steps=trainer.step, image_size=args.size, command=" ".join(sys.argv))
-    print(f"saved {out}: PSNR {value:.2f} dB on 256 held-out {args.size}px scenes, scale_factor {scale:.4f}")
+    ae, value = train_autoencoder(args.preset, size=args.size, crop=args.crop, max_objects=args.max_objects,
+                                  n_images=args.n_images, train_config=tc, run_dir=args.run_dir,
+                                  resume=not args.restart, device=args.device, out=args.out)
+    print(f"saved {args.out}: PSNR {value:.2f} dB on 256 held-out {args.size}px scenes, "
+          f"scale_factor {ae.scale_factor.item():.4f}")
     return 0
 
 

@@ -1,0 +1,490 @@
+"""The denoiser eps_theta(x_t, t, y) of latent diffusion: a UNet with time embedding, attention and conditioning.
+
+Algorithm 1 of DDPM (Ho et al. 2020) trains a network to predict the noise eps that made x_t from x_0; this module
+is that network, shaped as in LDM (Rombach et al. 2022, appendix) and Stable Diffusion v1:
+
+    x_t [b, in, h, w] --conv_in--> down path (res blocks, transformer blocks, stride-2 convs; every output kept
+    as a skip) --> middle (res, transformer, res) --> up path (res blocks that concatenate a skip, transformer
+    blocks, nearest-upsample + conv) --> GroupNorm, SiLU, conv --> eps [b, out, h, w]
+
+How the conditioning enters:
+
+* t: a sinusoidal embedding (:func:`timestep_embedding`) through Linear-SiLU-Linear gives ``emb`` ``[b, 4 * base]``,
+  which every res block projects to its width and adds to its feature map.
+* class labels y (``num_classes``): an embedding table *added* to ``emb``, as in LDM's and ADM's class-conditional
+  models. The table has one extra row, y = ``num_classes``, the null label of the unconditional model that
+  classifier-free guidance trains by label dropout.
+* a context ``[b, L, context_dim]`` (``context_dim``): CLIP text hidden states ``[b, 77, 768]``, retrieved
+  neighbours ``[b, k, d]``, ...; every transformer block cross-attends to it, ``context_mask`` ``[b, L]`` (True =
+  attend) hides padding tokens.
+* extra input channels (inpainting's mask and masked-image latent): :meth:`UNet.with_extra_input_channels`.
+
+Initialisation: the last conv of every res block, the output projection of every transformer block and the final
+conv are zero, so each block starts as its skip connection and the untrained model predicts eps = 0 (exactly).
+A zero start is the common and stable choice (ADM, LDM): the first loss is E[eps^2] = 1 whatever the inputs.
+
+Time convention: t as in :mod:`tinyldm.schedule` (an integer 0..T, the paper's steps are 1..T); a float t is
+accepted (continuous-time samplers), the embedding does not care.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .autoencoder import _norm  # one rule for GroupNorm groups in every network: gcd(groups, channels)
+from .checkpoint import check_state_matches, load_model_file, save_model_file
+
+__all__ = ["UNetConfig", "UNet", "timestep_embedding"]
+
+KIND = "unet"
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Shape of the UNet. Level i has width ``base_channels * channel_mult[i]`` and runs at
+    ``[h / 2**i, w / 2**i]``; inputs must have h and w divisible by :attr:`downsample`."""
+
+    in_channels: int = 4
+    out_channels: int = 4
+    base_channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 2
+    attention_levels: tuple[int, ...] = (1, 2)  # a transformer block after each res block at these levels
+    head_dim: int = 32  # heads = width // head_dim (at least 1) ...
+    num_heads: int | None = None  # ... unless this is set: the same number of heads at every level (SD v1: 8)
+    context_dim: int | None = None  # cross-attention to a context [b, L, context_dim] when set
+    num_classes: int | None = None  # class-conditional when set; label num_classes is the null label
+    dropout: float = 0.0
+    norm_groups: int = 32
+    time_embed_mult: int = 4  # emb width = time_embed_mult * base_channels
+
+    def __post_init__(self):
+        object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
+        object.__setattr__(self, "attention_levels", tuple(self.attention_levels))
+        for name in ("in_channels", "out_channels", "base_channels", "num_res_blocks", "head_dim", "norm_groups",
+                     "time_embed_mult"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        for name in ("num_heads", "context_dim", "num_classes"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
+        if not self.channel_mult or any(not isinstance(m, int) or m < 1 for m in self.channel_mult):
+            raise ValueError(f"channel_mult must be a non-empty tuple of ints >= 1, got {self.channel_mult!r}")
+        levels = range(len(self.channel_mult))
+        if any(level not in levels for level in self.attention_levels) or \
+                len(set(self.attention_levels)) != len(self.attention_levels):
+            raise ValueError(f"attention_levels must be distinct levels in 0..{len(self.channel_mult) - 1} "
+                             f"(one per channel_mult entry), got {self.attention_levels!r}")
+        if self.context_dim is not None and not self.attention_levels:
+            raise ValueError(f"context_dim={self.context_dim} needs at least one attention level to cross-attend "
+                             f"from, got attention_levels=()")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        for level in self.attention_levels:
+            width = self.width(level)
+            if width % self.heads(width):
+                raise ValueError(f"level {level} has width {width}, which {self.heads(width)} heads do not divide; "
+                                 f"change head_dim / num_heads")
+
+    def width(self, level: int) -> int:
+        """Channels at ``level``."""
+        return self.base_channels * self.channel_mult[level]
+
+    def heads(self, width: int) -> int:
+        """Attention heads for a block of ``width`` channels."""
+        return self.num_heads if self.num_heads is not None else max(1, width // self.head_dim)
+
+    @property
+    def downsample(self) -> int:
+        """How much smaller the lowest level is than the input: h and w must be multiples of it."""
+        return 2 ** (len(self.channel_mult) - 1)
+
+    @property
+    def null_label(self) -> int:
+        """The label y of the unconditional model (the last row of the class table): ``num_classes``."""
+        if self.num_classes is None:
+            raise ValueError("this config has num_classes=None: it is not class-conditional and has no null label")
+        return self.num_classes
+
+    @classmethod
+    def tiny(cls, **overrides) -> "UNetConfig":
+        """For tests and fast mode: two levels of width 16/32, attention at the lower one, ~60k parameters."""
+        return cls(**{"base_channels": 16, "channel_mult": (1, 2), "num_res_blocks": 1, "attention_levels": (1,),
+                      "head_dim": 8, "norm_groups": 8, **overrides})
+
+    @classmethod
+    def course(cls, **overrides) -> "UNetConfig":
+        """The CPU walkthrough model for ``[b, 4, 16, 16]`` latents: widths 32/64/64 at 16x16, 8x8, 4x4, one res
+        block per level, attention at 8x8 and 4x4 only (attention cost grows with (h*w)^2), ~1.1M parameters."""
+        return cls(**{"base_channels": 32, "channel_mult": (1, 2, 2), "num_res_blocks": 1,
+                      "attention_levels": (1, 2), "head_dim": 32, **overrides})
+
+    @classmethod
+    def sd_v1(cls, **overrides) -> "UNetConfig":
+        """Stable Diffusion v1's UNet: widths 320/640/1280/1280, 8 heads everywhere, CLIP ViT-L/14 context
+        ``[b, 77, 768]``; ~860M parameters. Runs on latents ``[b, 4, 64, 64]`` (512 px images at f = 8)."""
+        return cls(**{"base_channels": 320, "channel_mult": (1, 2, 4, 4), "num_res_blocks": 2,
+                      "attention_levels": (0, 1, 2), "num_heads": 8, "context_dim": 768, **overrides})
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "UNetConfig":
+        """A preset by name (``"tiny"``, ``"course"``, ``"sd_v1"``), with fields overridden, e.g.
+        ``UNetConfig.preset("course", num_classes=10)``."""
+        presets = {"tiny": cls.tiny, "course": cls.course, "sd_v1": cls.sd_v1}
+        if name not in presets:
+            raise ValueError(f"unknown unet preset {name!r}; choose one of {sorted(presets)}")
+        return presets[name](**overrides)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of t ``[b]`` (int or float) -> ``[b, dim]`` float32, as in the Transformer and DDPM.
+
+    emb[:, i] = cos(t * w_i), emb[:, half + i] = sin(t * w_i), with w_i = max_period ** (-i / half), half = dim // 2
+    (a zero column is appended when dim is odd). Frequencies run from 1 (resolves single steps) down to
+    1 / max_period (varies slowly over all of 0..T). This is LDM's and Stable Diffusion's layout, i.e. diffusers'
+    ``get_timestep_embedding(t, dim, flip_sin_to_cos=True, downscale_freq_shift=0)``.
+    """
+    if t.ndim != 1:
+        raise ValueError(f"expected t of shape [b], got shape {list(t.shape)}")
+    half = dim // 2
+    w = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * w[None]  # [b, half]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+    return F.pad(emb, (0, 1)) if dim % 2 else emb
+
+
+def _zero(module: nn.Module) -> nn.Module:
+    """Zero a layer's weights and bias: a residual branch ending in it starts as 'add nothing'."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class ResBlock(nn.Module):
+    """x ``[b, c_in, h, w]``, emb ``[b, emb_dim]`` -> ``[b, c_out, h, w]``.
+
+    GroupNorm, SiLU, conv3x3, + Linear(SiLU(emb)) added per channel, GroupNorm, SiLU, dropout, conv3x3 (zero-init),
+    plus a skip (1x1 conv when the width changes). The time embedding is *added* (LDM and SD v1 do this; ADM's
+    scale-shift through the second norm is slightly better in FID but doubles the projection): one line to explain,
+    and the layer layout, hence the parameter count, is SD v1's.
+    """
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int, dropout: float):
+        super().__init__()
+        self.norm1, self.conv1 = _norm(c_in, groups), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.emb_proj = nn.Linear(emb_dim, c_out)
+        self.norm2, self.dropout = _norm(c_out, groups), nn.Dropout(dropout)
+        self.conv2 = _zero(nn.Conv2d(c_out, c_out, 3, padding=1))  # the block starts as its skip connection
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.emb_proj(F.silu(emb))[:, :, None, None]  # the same shift at every position: "which t is it"
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class Attention(nn.Module):
+    """Multi-head attention of x ``[b, n, dim]`` to itself (``context_dim=None``) or to a context ``[b, L, d]``.
+
+    ``mask`` ``[b, L]`` (bool, True = attend) hides context tokens. Normally fused (``F.scaled_dot_product_attention``);
+    with ``keep_attention = True`` the softmax is computed explicitly and kept, detached, in ``last_attention``
+    ``[b, heads, n, L]`` (rows sum to 1) for pictures of where each position looks.
+    """
+
+    def __init__(self, dim: int, heads: int, context_dim: int | None = None):
+        super().__init__()
+        self.heads, self.is_cross = heads, context_dim is not None
+        # no biases on q, k, v (as in LDM/SD): a bias on k adds the same score to every key, which softmax ignores
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(context_dim or dim, dim, bias=False)
+        self.to_v = nn.Linear(context_dim or dim, dim, bias=False)
+        self.to_out = nn.Linear(dim, dim)
+        self.keep_attention = False
+        self.last_attention: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        context = x if context is None else context
+        q, k, v = (rearrange(z, "b n (heads d) -> b heads n d", heads=self.heads)
+                   for z in (self.to_q(x), self.to_k(context), self.to_v(context)))
+        if mask is not None:
+            mask = mask[:, None, None, :]  # [b, 1, 1, L]: the same for every head and query position
+        if self.keep_attention:
+            scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5  # [b, heads, n, L]
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            attn = scores.float().softmax(dim=-1).to(q.dtype)
+            self.last_attention = attn.detach()
+            out = attn @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.to_out(rearrange(out, "b heads n d -> b n (heads d)"))
+
+
+class FeedForward(nn.Module):
+    """GEGLU feed-forward (Shazeer 2020, as in LDM): Linear to 2 * 4 * dim, a * GELU(gate), Linear back."""
+
+    def __init__(self, dim: int, mult: int = 4):
+        super().__init__()
+        self.proj, self.out = nn.Linear(dim, 2 * mult * dim), nn.Linear(mult * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, gate = self.proj(x).chunk(2, dim=-1)
+        return self.out(a * F.gelu(gate))
+
+
+class SpatialTransformer(nn.Module):
+    """LDM's transformer block on a feature map x ``[b, c, h, w]`` -> ``[b, c, h, w]``.
+
+    GroupNorm, 1x1 conv, then on the h*w positions as tokens: LayerNorm -> self-attention, LayerNorm ->
+    cross-attention to the context (only with ``context_dim``), LayerNorm -> GEGLU feed-forward, each residual;
+    then a zero-initialised 1x1 conv, so the block starts as the identity.
+    """
+
+    def __init__(self, c: int, heads: int, context_dim: int | None, groups: int):
+        super().__init__()
+        self.norm, self.proj_in = _norm(c, groups), nn.Conv2d(c, c, 1)
+        self.norm1, self.attn1 = nn.LayerNorm(c), Attention(c, heads)
+        if context_dim is not None:
+            self.norm2, self.attn2 = nn.LayerNorm(c), Attention(c, heads, context_dim)
+        self.norm3, self.ff = nn.LayerNorm(c), FeedForward(c)
+        self.proj_out = _zero(nn.Conv2d(c, c, 1))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        h = x.shape[2]
+        z = rearrange(self.proj_in(self.norm(x)), "b c h w -> b (h w) c")  # h*w tokens of width c
+        z = z + self.attn1(self.norm1(z))
+        if hasattr(self, "attn2"):
+            z = z + self.attn2(self.norm2(z), context, context_mask)
+        z = z + self.ff(self.norm3(z))
+        return x + self.proj_out(rearrange(z, "b (h w) c -> b c h w", h=h))
+
+
+class Upsample(nn.Module):
+    """[b, c, h, w] -> [b, c, 2h, 2w]: nearest neighbour, then a conv3x3 (no checkerboard, unlike a transposed conv)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class Block(nn.ModuleList):
+    """A few layers run in order, each given what it needs: emb to res blocks, the context to transformer blocks
+    (LDM's ``TimestepEmbedSequential``)."""
+
+    def forward(self, h, emb, context=None, context_mask=None):
+        for layer in self:
+            if isinstance(layer, ResBlock):
+                h = layer(h, emb)
+            elif isinstance(layer, SpatialTransformer):
+                h = layer(h, context, context_mask)
+            else:
+                h = layer(h)
+        return h
+
+
+class UNet(nn.Module):
+    """eps_theta(x_t, t, y, context): x_t ``[b, in, h, w]`` -> eps ``[b, out, h, w]``. See the module docstring."""
+
+    def __init__(self, config: UNetConfig | None = None):
+        super().__init__()
+        self.config = cfg = config or UNetConfig()
+        g, attn, emb_dim = cfg.norm_groups, set(cfg.attention_levels), cfg.time_embed_mult * cfg.base_channels
+
+        def res(c_in, c_out):
+            return ResBlock(c_in, c_out, emb_dim, g, cfg.dropout)
+
+        def transformer(c):
+            return SpatialTransformer(c, cfg.heads(c), cfg.context_dim, g)
+
+        self.time_embed = nn.Sequential(nn.Linear(cfg.base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.label_embed = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes is not None else None
+
+        c = cfg.width(0)
+        self.conv_in = nn.Conv2d(cfg.in_channels, c, 3, padding=1)
+        skips, down = [c], []  # skips: the width of every feature map the up path will concatenate
+        for level in range(len(cfg.channel_mult)):
+            for _ in range(cfg.num_res_blocks):
+                down.append(Block([res(c, cfg.width(level))] + ([transformer(cfg.width(level))] if level in attn else [])))
+                c = cfg.width(level)
+                skips.append(c)
+            if level < len(cfg.channel_mult) - 1:
+                down.append(Block([nn.Conv2d(c, c, 3, stride=2, padding=1)]))  # halve h and w
+                skips.append(c)
+        self.down = nn.ModuleList(down)
+        self.mid = Block([res(c, c)] + ([transformer(c)] if attn else []) + [res(c, c)])
+        up = []
+        for level in reversed(range(len(cfg.channel_mult))):
+            for i in range(cfg.num_res_blocks + 1):  # one more than on the way down: it eats the downsampler's skip
+                layers = [res(c + skips.pop(), cfg.width(level))]
+                c = cfg.width(level)
+                if level in attn:
+                    layers.append(transformer(c))
+                if level > 0 and i == cfg.num_res_blocks:
+                    layers.append(Upsample(c))
+                up.append(Block(layers))
+        self.up = nn.ModuleList(up)
+        # zero conv: the untrained model predicts eps = 0 exactly, a stable start (loss E[eps^2] = 1)
+        self.out = nn.Sequential(_norm(c, g), nn.SiLU(), _zero(nn.Conv2d(c, cfg.out_channels, 3, padding=1)))
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    # -- the forward pass ---------------------------------------------------------------------
+    def forward(self, x_t: torch.Tensor, t: int | float | torch.Tensor, y: torch.Tensor | None = None,
+                context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict eps ``[b, out, h, w]`` from x_t ``[b, in, h, w]`` at time t.
+
+        t: a number (the same t for the whole batch) or a tensor ``[b]``. y: class labels ``[b]`` (int64) in
+        0..num_classes, num_classes being the null label; ``None`` means the null label for the whole batch.
+        context: ``[b, L, context_dim]``, required by a model with ``context_dim``. context_mask: ``[b, L]`` bool,
+        True = attend, at least one True per row.
+        """
+        t, y = self._check_inputs(x_t, t, y, context, context_mask)
+        emb = self.time_embed(timestep_embedding(t, self.config.base_channels).to(self.time_embed[0].weight.dtype))
+        if self.label_embed is not None:
+            emb = emb + self.label_embed(y)  # the class enters exactly like t: one vector added to emb
+        h = self.conv_in(x_t)
+        skips = [h]
+        for block in self.down:
+            h = block(h, emb, context, context_mask)
+            skips.append(h)
+        h = self.mid(h, emb, context, context_mask)
+        for block in self.up:
+            h = block(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
+        return self.out(h)
+
+    def _check_inputs(self, x_t, t, y, context, context_mask) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Raise ValueError naming expected and actual for bad inputs; return t ``[b]`` and y ``[b]`` (or None)."""
+        cfg = self.config
+        if x_t.ndim != 4 or x_t.shape[1] != cfg.in_channels:
+            raise ValueError(f"expected x_t [b, {cfg.in_channels}, h, w], got shape {list(x_t.shape)}")
+        b, _, h, w = x_t.shape
+        if h % cfg.downsample or w % cfg.downsample:
+            raise ValueError(f"x_t height and width must be multiples of {cfg.downsample} "
+                             f"(2 ** (levels - 1)), got {h}x{w}")
+        if not torch.is_tensor(t):
+            t = torch.tensor(t, device=x_t.device)
+        if t.ndim == 0:
+            t = t.expand(b)
+        if t.shape != (b,):
+            raise ValueError(f"expected t as a number or a tensor [{b}] (the batch size of x_t), "
+                             f"got shape {list(t.shape)}")
+        if cfg.num_classes is None:
+            if y is not None:
+                raise ValueError("this model has num_classes=None and takes no class labels y, got y")
+        else:
+            if y is None:
+                y = torch.full((b,), cfg.null_label, dtype=torch.long, device=x_t.device)
+            if y.shape != (b,) or y.dtype not in (torch.int64, torch.int32):
+                raise ValueError(f"expected y as an int64 tensor [{b}] (the batch size of x_t), "
+                                 f"got {y.dtype} of shape {list(y.shape)}")
+            if y.device.type != "meta" and bool(((y < 0) | (y > cfg.num_classes)).any()):
+                raise ValueError(f"expected labels y in 0..{cfg.num_classes} ({cfg.num_classes} = the null label), "
+                                 f"got values from {int(y.min())} to {int(y.max())}")
+        if cfg.context_dim is None:
+            if context is not None or context_mask is not None:
+                raise ValueError("this model has context_dim=None (no cross-attention) and takes no context, "
+                                 "got context" + ("_mask" if context is None else ""))
+        else:
+            if context is None:
+                raise ValueError(f"this model cross-attends: expected context [b, L, {cfg.context_dim}], got None "
+                                 f"(for the unconditional model pass the null context, e.g. the empty prompt's)")
+            if context.ndim != 3 or context.shape[0] != b or context.shape[2] != cfg.context_dim:
+                raise ValueError(f"expected context [{b}, L, {cfg.context_dim}] (b from x_t, context_dim from the "
+                                 f"config), got shape {list(context.shape)}")
+            if context_mask is not None:
+                if context_mask.dtype != torch.bool or context_mask.shape != context.shape[:2]:
+                    raise ValueError(f"expected context_mask as a bool tensor {list(context.shape[:2])}, "
+                                     f"got {context_mask.dtype} of shape {list(context_mask.shape)}")
+                if context_mask.device.type != "meta" and not bool(context_mask.any(dim=1).all()):
+                    # softmax over no tokens at all is 0/0: NaN everywhere downstream
+                    raise ValueError("expected context_mask to keep at least one token in every row, "
+                                     "got a row that is all False")
+        return t, y
+
+    # -- attention maps -----------------------------------------------------------------------
+    @contextmanager
+    def recording_attention(self, include_self: bool = False) -> Iterator[dict[str, list[torch.Tensor]]]:
+        """Within the ``with`` block, keep the attention maps of every forward pass.
+
+        Yields a dict from module name (e.g. ``"down.3.1.attn2"``) to a list with one tensor
+        ``[b, heads, h*w, L]`` per forward call, in order (a sampling loop gives one per step). Cross-attention
+        only, unless ``include_self`` (then also ``[b, heads, h*w, h*w]`` under the ``attn1`` names). Slower than
+        the fused path: use it for pictures, not for training.
+        """
+        maps: dict[str, list[torch.Tensor]] = {}
+        modules = {name: m for name, m in self.named_modules()
+                   if isinstance(m, Attention) and (m.is_cross or include_self)}
+        before = {name: m.keep_attention for name, m in modules.items()}
+
+        def hook(name):
+            return lambda module, args, output: maps.setdefault(name, []).append(module.last_attention)
+
+        handles = [m.register_forward_hook(hook(name)) for name, m in modules.items()]
+        for m in modules.values():
+            m.keep_attention = True
+        try:
+            yield maps
+        finally:
+            for handle in handles:
+                handle.remove()
+            for name, m in modules.items():
+                m.keep_attention, m.last_attention = before[name], None
+
+    # -- inpainting: more input channels --------------------------------------------------------
+    def with_extra_input_channels(self, k: int) -> "UNet":
+        """A copy whose conv_in takes k more input channels (appended after the old ones).
+
+        The new input weights are zero, so the copy computes exactly the same function of the old channels
+        whatever the new ones hold, until training moves them: a pretrained model is finetuned for inpainting
+        (mask + masked-image latent as extra channels) from where it already works.
+        """
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"expected k, the number of extra input channels, as an int >= 1, got {k!r}")
+        new = copy.deepcopy(self)
+        new.config = dataclasses.replace(self.config, in_channels=self.config.in_channels + k)
+        old = self.conv_in
+        conv = nn.Conv2d(new.config.in_channels, old.out_channels, 3, padding=1,
+                         device=old.weight.device, dtype=old.weight.dtype)
+        with torch.no_grad():
+            conv.weight.zero_()
+            conv.weight[:, :old.in_channels] = old.weight
+            conv.bias.copy_(old.bias)
+        new.conv_in = conv
+        return new
+
+    # -- saving -------------------------------------------------------------------------------
+    def save(self, path: str | Path, **extra) -> Path:
+        """Weights + config (+ ``extra`` JSON-able facts such as the training step) to one safetensors file."""
+        return save_model_file(path, KIND, self.config.to_dict(), self.state_dict(), extra)
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "UNet":
+        """Load a file written by :meth:`save`; the config comes from the file."""
+        state, config, _ = load_model_file(path, KIND)
+        model = cls(UNetConfig(**config))
+        check_state_matches(path, model, state)
+        model.load_state_dict(state)
+        return model.to(map_location).eval()
