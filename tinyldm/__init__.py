@@ -7,7 +7,10 @@ Modules, bottom to top (nothing imports upward):
     checkpoint  safetensors model files and atomic, weights-only training states
     autoencoder the KL autoencoder: images <-> latents
     latents     encode a dataset once and cache its latents
-    train       one trainer (AdamW, warm-up, EMA, accumulation, bf16, checkpoints, resume)
+    unet        the denoiser eps_theta(x_t, t, y): time embedding, attention, cross-attention, class labels
+    train       one trainer (AdamW, warm-up, EMA, accumulation, bf16, checkpoints, resume); Algorithm 1
+    sample      Algorithm 2 (DDPM), DDIM, DPM-Solver++ (2M); the sampling loop
+    metrics     the judge (reads a scene's attributes) and the Frechet Scene Distance
     viz         image grids, latent channels, loss curves
     pretrained  the course's small checkpoints in data/: load them, or make them again
     cli         the ``tinyldm`` command
@@ -17,7 +20,10 @@ from .autoencoder import Autoencoder, AutoencoderConfig, autoencoder_loss, psnr,
 from .config import fast_mode, mode_banner, pick, seed_everything
 from .data import ImageFolder, RandomCrops, Scenes, TorchvisionImages
 from .latents import LatentDataset, encode_dataset, load_or_encode
+from .metrics import Judge, attribute_accuracy, frechet_distance, fsd
+from .sample import DDIM, DDPM, DPMSolverPP2M, Variance, sample
 from .schedule import BetaSchedule, NoiseSchedule, ScheduleConfig
-from .train import TrainConfig, Trainer, TrainingDiverged
+from .train import EpsLoss, TrainConfig, Trainer, TrainingDiverged
+from .unet import UNet, UNetConfig
 
 __version__ = "0.1.0"

@@ -2,6 +2,8 @@
 
     tinyldm course [NOTEBOOK ...]        execute notebooks headless (walkthrough mode) into build/notebooks
     tinyldm train-autoencoder [options]  train an autoencoder on procedural scenes (resumable)
+    tinyldm train-diffusion [options]    train the latent denoiser on cached latents (resumable)
+    tinyldm train-judge [options]        train the judge that scores generated scenes
     tinyldm info FILE                    what a tinyldm .safetensors file holds
 
 The small checkpoints in ``data/`` are made by these commands; ``data/README.md`` lists the exact
@@ -64,6 +66,32 @@ def _cmd_train_autoencoder(args) -> int:
     return 0
 
 
+def _cmd_train_diffusion(args) -> int:
+    from .pretrained import course_autoencoder, train_diffusion
+    from .train import TrainConfig
+
+    tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
+                     ema_decay=args.ema, ckpt_every=args.ckpt_every, precision=args.precision,
+                     num_workers=args.workers, seed=args.seed, grad_accum=args.grad_accum)
+    ae = course_autoencoder(args.autoencoder)
+    model, trainer = train_diffusion(ae, args.preset, n_images=args.n_images, max_objects=args.max_objects,
+                                     train_config=tc, run_dir=args.run_dir, resume=not args.restart,
+                                     device=args.device, out=args.out, sample_every=args.sample_every)
+    print(f"saved {args.out}: {model.num_parameters() / 1e6:.2f}M parameters, {trainer.step} steps")
+    return 0
+
+
+def _cmd_train_judge(args) -> int:
+    from .pretrained import train_judge
+    from .train import TrainConfig
+
+    tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=50, ema_decay=None,
+                     grad_clip=None, seed=args.seed)
+    _, acc = train_judge(tc, device=args.device, out=args.out)
+    print(f"saved {args.out}: reads all attributes right on {acc:.1%} of 1000 held-out scenes")
+    return 0
+
+
 def _cmd_info(args) -> int:
     from safetensors import safe_open
 
@@ -110,6 +138,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--restart", action="store_true", help="ignore an existing run in --run-dir")
     p.add_argument("--out", default=str(DATA_DIR / "autoencoder-course.safetensors"))
     p.set_defaults(fn=_cmd_train_autoencoder)
+
+    p = sub.add_parser("train-diffusion", help="train an eps-prediction UNet on cached latents (Algorithm 1)")
+    p.add_argument("--preset", default="course")
+    p.add_argument("--autoencoder", default=str(DATA_DIR / "autoencoder-course.safetensors"))
+    p.add_argument("--n-images", type=int, default=20_000, help="scenes to encode and train on")
+    p.add_argument("--max-objects", type=int, default=1)
+    p.add_argument("--steps", type=int, default=8000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--ckpt-every", type=int, default=500)
+    p.add_argument("--sample-every", type=int, default=1000, help="steps between sample grids in run-dir/samples")
+    p.add_argument("--run-dir", default=str(BUILD_DIR / "runs" / "diffusion"))
+    p.add_argument("--restart", action="store_true")
+    p.add_argument("--out", default=str(DATA_DIR / "unet-course.safetensors"))
+    p.set_defaults(fn=_cmd_train_diffusion)
+
+    p = sub.add_parser("train-judge", help="train the judge that scores generated scenes (metrics)")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default=str(DATA_DIR / "judge-scenes64.safetensors"))
+    p.set_defaults(fn=_cmd_train_judge)
 
     p = sub.add_parser("info", help="describe a tinyldm .safetensors file")
     p.add_argument("file")

@@ -15,11 +15,19 @@ from pathlib import Path
 import torch
 
 from .autoencoder import Autoencoder, AutoencoderConfig, autoencoder_loss, reconstruction_psnr
-from .config import DATA_DIR, pick
+from .config import BUILD_DIR, DATA_DIR, pick
 from .data import RandomCrops, Scenes
-from .train import TrainConfig, Trainer
+from .latents import LatentDataset, fingerprint, load_or_encode
+from .metrics import Judge, JudgeConfig, attribute_accuracy, judge_loss
+from .sample import DDIM, sample
+from .schedule import NoiseSchedule, ScheduleConfig
+from .train import EpsLoss, TrainConfig, Trainer
+from .unet import UNet, UNetConfig
+from .viz import image_grid
 
 COURSE_AUTOENCODER = DATA_DIR / "autoencoder-course.safetensors"
+COURSE_JUDGE = DATA_DIR / "judge-scenes64.safetensors"
+COURSE_UNET = DATA_DIR / "unet-course.safetensors"
 
 
 def held_out_scenes(size: int = 64, n: int = 256, max_objects: int = 2) -> torch.Tensor:
@@ -66,3 +74,110 @@ def course_autoencoder(path: str | Path = COURSE_AUTOENCODER) -> Autoencoder:
     ae, _ = train_autoencoder(train_config=TrainConfig(steps=pick(300, 3), batch_size=32, lr=1e-3, warmup_steps=30,
                                                        ema_decay=0.99), n_eval=pick(64, 8))
     return ae
+
+
+def train_judge(train_config: TrainConfig | None = None, n_images: int = 50_000, device=None,
+                out: str | Path | None = None, n_eval: int = 1000) -> tuple[Judge, float]:
+    """Train the judge of ``tinyldm.metrics`` on one-object 64 px scenes (seed 0) and measure its
+    accuracy (all attributes right) on held-out scenes (seed 1). Returns (judge, accuracy)."""
+    train_config = train_config or TrainConfig(steps=1500, batch_size=64, lr=2e-3, warmup_steps=50,
+                                               ema_decay=None, grad_clip=None)
+    data = Scenes(size=64, length=n_images, seed=0, max_objects=1)
+    trainer = Trainer(Judge(JudgeConfig()), judge_loss, data, train_config, device=device)
+    trainer.fit()
+    judge = trainer.model.cpu().eval()
+    held_out = Scenes(size=64, length=n_eval, seed=1, max_objects=1)
+    items = [held_out[i] for i in range(n_eval)]
+    acc = attribute_accuracy(judge, torch.stack([it["image"] for it in items]),
+                             torch.stack([it["attributes"][0] for it in items]))
+    if out is not None:
+        judge.save(out, accuracy=acc, steps=trainer.step, command=" ".join(["tinyldm", *sys.argv[1:]]))
+    return judge, acc["all"]
+
+
+def course_judge(path: str | Path = COURSE_JUDGE) -> Judge:
+    """The course's judge (reads shape, colour and size; features for the FSD), in eval mode."""
+    path = Path(path)
+    if path.exists():
+        return Judge.load(path)
+    warnings.warn(f"{path} is missing; training a stand-in judge now. Make the real one with: "
+                  f"tinyldm train-judge", stacklevel=2)
+    return train_judge(TrainConfig(steps=pick(300, 3), batch_size=64, lr=2e-3, warmup_steps=20, ema_decay=None,
+                                   grad_clip=None), n_eval=pick(200, 10))[0]
+
+
+def course_latents(ae: Autoencoder, n: int = 20_000, max_objects: int = 1, size: int = 64) -> LatentDataset:
+    """Cached latents of the first ``n`` training scenes (seed 0), under ``build/latents/``."""
+    scenes = Scenes(size=size, length=n, seed=0, max_objects=max_objects)
+    path = BUILD_DIR / "latents" / f"scenes{size}-{n}-obj{max_objects}-{fingerprint(ae)}.safetensors"
+    return load_or_encode(ae, scenes, path)
+
+
+class SampleGrids:
+    """Trainer callback: every ``every`` steps, sample ``n`` images with the EMA weights (DDIM, 20
+    steps, fixed noise so grids are comparable across steps) and save a PNG grid in ``folder``."""
+
+    def __init__(self, ae: Autoencoder, schedule: NoiseSchedule, folder: str | Path, every: int,
+                 latent_shape: tuple[int, int, int] = (4, 16, 16), n: int = 16, steps: int = 20):
+        self.ae, self.schedule, self.folder, self.every = ae, schedule, Path(folder), every
+        self.shape, self.steps = (n, *latent_shape), steps
+
+    def __call__(self, trainer: Trainer, step: int) -> None:
+        if step % self.every:
+            return
+        import matplotlib.pyplot as plt
+
+        model = (trainer.ema or trainer.model).eval()
+        g = torch.Generator(trainer.device).manual_seed(0)
+        z = sample(model, DDIM(self.schedule, steps=self.steps), self.shape, generator=g, progress=False,
+                   device=trainer.device)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        images = self.ae.from_latent(z.float().cpu())
+        plt.imsave(self.folder / f"step_{step:07d}.png", image_grid(images, nrow=int(len(images) ** 0.5)))
+
+
+def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_000, max_objects: int = 1,
+                    train_config: TrainConfig | None = None, schedule: ScheduleConfig | None = None,
+                    run_dir: str | Path | None = None, resume: bool = True, device=None,
+                    out: str | Path | None = None, sample_every: int = 0) -> tuple[UNet, Trainer]:
+    """Train an unconditional eps-prediction UNet (Algorithm 1) on cached latents of ``ae``.
+
+    Returns (the EMA model on the CPU, the trainer); with ``out`` also saves the EMA model there,
+    together with the schedule and the fingerprint of the autoencoder whose latents it learned.
+    """
+    train_config = train_config or TrainConfig(steps=8000, batch_size=64, lr=1e-3, warmup_steps=200,
+                                               ema_decay=0.999)
+    schedule = NoiseSchedule(schedule or ScheduleConfig.ddpm())
+    latents = course_latents(ae, n_images, max_objects)
+    shape = tuple(latents.latents.shape[1:])
+    unet = UNet(UNetConfig.preset(preset, in_channels=shape[0], out_channels=shape[0]))
+    callbacks = [SampleGrids(ae, schedule, Path(run_dir) / "samples", sample_every, shape)] \
+        if sample_every and run_dir is not None else []
+    trainer = Trainer(unet, EpsLoss(schedule), latents, train_config, out_dir=run_dir, resume=resume,
+                      device=device, callbacks=callbacks)
+    if trainer.step:
+        print(f"resuming {run_dir} at step {trainer.step}")
+    trainer.fit()
+    model = (trainer.ema if trainer.ema is not None else trainer.model).cpu().eval()
+    if out is not None:
+        model.save(out, schedule=_schedule_dict(schedule), autoencoder=fingerprint(ae), steps=trainer.step,
+                   data=repr(latents), final_loss=sum(h["loss"] for h in trainer.history[-100:]) / max(
+                       1, len(trainer.history[-100:])), command=" ".join(["tinyldm", *sys.argv[1:]]))
+    return model, trainer
+
+
+def _schedule_dict(schedule: NoiseSchedule) -> dict:
+    c = schedule.config
+    return {"kind": c.kind.value, "T": c.T, "beta_1": c.beta_1, "beta_T": c.beta_T, "cosine_s": c.cosine_s}
+
+
+def course_unet(ae: Autoencoder | None = None, path: str | Path = COURSE_UNET) -> UNet:
+    """The course's unconditional latent UNet (trained on one-object 64 px scenes), in eval mode."""
+    path = Path(path)
+    if path.exists():
+        return UNet.load(path)
+    warnings.warn(f"{path} is missing; training a small stand-in UNet now (samples will be poor). "
+                  f"Make the real one with: tinyldm train-diffusion", stacklevel=2)
+    ae = ae or course_autoencoder()
+    tc = TrainConfig(steps=pick(400, 3), batch_size=64, lr=1e-3, warmup_steps=40, ema_decay=0.99)
+    return train_diffusion(ae, n_images=pick(5000, 64), train_config=tc)[0]

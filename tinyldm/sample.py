@@ -46,8 +46,9 @@ EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class Variance(str, Enum):
     """sigma_t^2 of the reverse step p(x_{t-1} | x_t) = N(mu_theta(x_t, t), sigma_t^2 I).
 
-    DDPM (section 3.2) fixes it to one of two values, the upper and lower bounds on the true
-    reverse-process variance; in the paper both give similar samples:
+    DDPM (section 3.2) fixes it to one of two values, the two extremes (upper and lower bounds on
+    the reverse-process entropy for data of unit variance per coordinate); in the paper both give
+    similar samples:
 
     * ``FIXED_LARGE``: sigma_t^2 = beta_t, optimal when x_0 ~ N(0, I) (the data are noise-like).
     * ``FIXED_SMALL``: sigma_t^2 = beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t,
@@ -63,9 +64,9 @@ class Variance(str, Enum):
 
 class Spacing(str, Enum):
     """How n timesteps are picked out of 1..T (diffusers' ``timestep_spacing``; Lin et al. 2023,
-    table 2). For T = 1000, n = 10: TRAILING 1000, 900, ..., 100; LEADING 901, 801, ..., 1;
-    LINSPACE 1000, 889, ..., 1. TRAILING is the one that starts at t = T, where x_T ~ N(0, I)
-    is the right starting point, and the default here."""
+    table 2). For T = 1000, n = 10 (DDIM layout): TRAILING 1000, 900, ..., 100; LEADING 901, 801,
+    ..., 1; LINSPACE 1000, 889, ..., 1. TRAILING is the one that starts at t = T, where
+    x_T ~ N(0, I) is the right starting point, and the default here."""
 
     LEADING = "leading"
     TRAILING = "trailing"
@@ -127,11 +128,21 @@ def timesteps(schedule: NoiseSchedule | int, n: int, spacing: Spacing | str = Sp
 # and inputs checked with schedule._check_inputs, so shapes, devices and messages are the same as
 # in q_sample.
 
-def _check_noise(z: torch.Tensor | None, x_t: torch.Tensor) -> None:
-    if z is not None and (not isinstance(z, torch.Tensor) or z.shape != x_t.shape):
-        got = list(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
-        raise ValueError(f"z must be None or a tensor of the shape of x_t: expected {list(x_t.shape)}, "
-                         f"got {got}")
+def _check_like(v, x_t: torch.Tensor, name: str, optional: bool = False) -> None:
+    """v must be a tensor of x_t's shape (or None when ``optional``)."""
+    if optional and v is None:
+        return
+    if not isinstance(v, torch.Tensor) or v.shape != x_t.shape:
+        got = list(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+        raise ValueError(f"{name} must be {'None or ' if optional else ''}a tensor of the shape of x_t: "
+                         f"expected {list(x_t.shape)}, got {got}")
+
+
+def _check_eta(eta) -> float:
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must be a number in [0, 1] (0: deterministic DDIM, 1: DDPM's posterior "
+                         f"variance); got {eta!r}")
+    return float(eta)
 
 
 def _check_t_prev(schedule: NoiseSchedule, t_prev, t: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
@@ -167,14 +178,15 @@ def ddpm_step(schedule: NoiseSchedule, x_t: torch.Tensor, t, eps: torch.Tensor,
     (line 3: z = 0 at the last step), and z = None means z = 0 (the mean of p(x_{t-1} | x_t)).
     """
     t = schedule._check_inputs(x_t, t, eps, low=1, x_name="x_t")
-    _check_noise(z, x_t)
+    _check_like(z, x_t, "z", optional=True)
     variance = _enum(Variance, variance, "variance")
-    c = lambda table: schedule._coef(table, t, x_t)  # noqa: E731  table[t], broadcastable to x_t
-    # beta_t = 1 - alpha_t
-    mean = (x_t - c(schedule.beta) / c(schedule.sqrt_one_minus_alpha_bar) * eps) / c(schedule.alpha).sqrt()
+    alpha_t, beta_t = schedule._coef(schedule.alpha, t, x_t), schedule._coef(schedule.beta, t, x_t)
+    sqrt_one_minus_ab = schedule._coef(schedule.sqrt_one_minus_alpha_bar, t, x_t)
+    mean = (x_t - beta_t / sqrt_one_minus_ab * eps) / alpha_t.sqrt()  # 1 - alpha_t = beta_t
     if z is None:
         return mean
-    sigma = c(schedule.beta if variance is Variance.FIXED_LARGE else schedule.posterior_variance).sqrt()
+    sigma2 = beta_t if variance is Variance.FIXED_LARGE else schedule._coef(schedule.posterior_variance, t, x_t)
+    sigma = sigma2.sqrt()
     not_last = (t > 1).to(x_t.device, x_t.dtype).reshape(t.shape + (1,) * (x_t.ndim - t.ndim))  # line 3
     return mean + not_last * sigma * z  # line 4
 
@@ -187,7 +199,8 @@ def ddim_step(schedule: NoiseSchedule, x_t: torch.Tensor, t, t_prev, eps: torch.
                    + sqrt(1 - alpha_bar_{t_prev} - sigma_t^2) eps          "direction pointing to x_t"
                    + sigma_t z                                             "random noise"
         x_0_hat    = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)
-        sigma_t    = eta sqrt((1 - alpha_bar_{t_prev}) / (1 - alpha_bar_t)) sqrt(1 - alpha_bar_t / alpha_bar_{t_prev})  (eq. 16)
+        sigma_t    = eta sqrt((1 - alpha_bar_{t_prev}) / (1 - alpha_bar_t))
+                         sqrt(1 - alpha_bar_t / alpha_bar_{t_prev})               (eq. 16)
 
     eta = 0: deterministic DDIM; eta = 1 with t_prev = t - 1: DDPM with sigma_t^2 = beta_tilde_t.
     t in [1, T], 0 <= t_prev < t (ints or int64 [b]); t_prev = 0 is the final step to clean data
@@ -195,10 +208,8 @@ def ddim_step(schedule: NoiseSchedule, x_t: torch.Tensor, t, t_prev, eps: torch.
     """
     t = schedule._check_inputs(x_t, t, eps, low=1, x_name="x_t")
     t_prev = _check_t_prev(schedule, t_prev, t, x_t)
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta must be in [0, 1] (0: deterministic DDIM, 1: DDPM's posterior variance); "
-                         f"got {eta!r}")
-    _check_noise(z, x_t)
+    eta = _check_eta(eta)
+    _check_like(z, x_t, "z", optional=True)
     if eta > 0 and z is None:
         raise ValueError("eta > 0 needs noise: pass z ~ N(0, I) of the shape of x_t")
     ab_t = schedule._coef(schedule.alpha_bar, t, x_t)
@@ -233,31 +244,37 @@ def dpm_solver_pp_2m_step(schedule: NoiseSchedule, x_t: torch.Tensor, t: int, t_
     returns x0_hat: the second-order term has r = 0 there (diffusers' final_sigmas_type="zero").
     t, t_prev: ints, 0 <= t_prev < t <= T; x_t, x0_hat: [b, ...].
     """
-    ti = schedule._check_inputs(x_t, t, x0_hat, low=1, x_name="x_t")
-    if ti.ndim != 0:
-        raise TypeError("dpm_solver_pp_2m_step takes t and t_prev as ints (one t for the whole batch)")
-    t_prev_i = _check_t_prev(schedule, t_prev, ti, x_t)
-    if int(t_prev_i) == 0:
-        return x0_hat  # s_0 = 0, a_0 = 1, e^{-h} = 0
-    c = lambda table, u: schedule._coef(table, u, x_t)  # noqa: E731
-    a_prev, s_prev = c(schedule.sqrt_alpha_bar, t_prev_i), c(schedule.sqrt_one_minus_alpha_bar, t_prev_i)
-    s_t = c(schedule.sqrt_one_minus_alpha_bar, ti)
-    lam = lambda u: c(schedule.sqrt_alpha_bar, u).log() - c(schedule.sqrt_one_minus_alpha_bar, u).log()  # noqa: E731
-    lam_t, lam_prev = lam(ti), lam(t_prev_i)
-    h = lam_prev - lam_t
-    D = x0_hat
-    if last is not None:
+    if not isinstance(x_t, torch.Tensor) or not x_t.is_floating_point():
+        raise TypeError(f"x_t must be a floating-point tensor; got {getattr(x_t, 'dtype', type(x_t).__name__)}")
+    _check_like(x0_hat, x_t, "x0_hat")
+    t, t_prev = schedule._check_t(t, low=1), schedule._check_t(t_prev, low=0, name="t_prev")
+    if t.ndim or t_prev.ndim or not t_prev < t:
+        raise ValueError(f"t and t_prev must be ints with t_prev < t (one t for the whole batch); "
+                         f"got t = {t.tolist()}, t_prev = {t_prev.tolist()}")
+    if t_prev == 0:
+        return x0_hat  # s_0 = 0, a_0 = 1, e^{-h} = 0: x_0 = D = x0_hat
+
+    def a(u):  # a_u = sqrt(alpha_bar_u), on x_t's device/dtype
+        return schedule._coef(schedule.sqrt_alpha_bar, u, x_t)
+
+    def s(u):  # s_u = sqrt(1 - alpha_bar_u)
+        return schedule._coef(schedule.sqrt_one_minus_alpha_bar, u, x_t)
+
+    def lam(u):  # lambda_u = log(a_u / s_u)
+        return a(u).log() - s(u).log()
+
+    h = lam(t_prev) - lam(t)
+    D = x0_hat  # first order
+    if last is not None:  # second order
         t_last, x0_last = last
         t_last = schedule._check_t(t_last, low=1, name="t_last")
-        if t_last.ndim != 0 or not int(t_last) > t:
-            raise ValueError(f"last = (t_last, x0_last) must come from a larger t than t = {t}; "
+        if t_last.ndim or not t_last > t:
+            raise ValueError(f"last = (t_last, x0_last) must come from an int t_last > t = {int(t)}; "
                              f"got t_last = {t_last.tolist()}")
-        if not isinstance(x0_last, torch.Tensor) or x0_last.shape != x_t.shape:
-            raise ValueError(f"x0_last must have the shape of x_t: expected {list(x_t.shape)}, "
-                             f"got {getattr(x0_last, 'shape', type(x0_last).__name__)}")
-        r = (lam_t - lam(t_last)) / h  # h_last / h
+        _check_like(x0_last, x_t, "x0_last")
+        r = (lam(t) - lam(t_last)) / h  # h_last / h
         D = (1 + 1 / (2 * r)) * x0_hat - 1 / (2 * r) * x0_last
-    return (s_prev / s_t) * x_t - a_prev * torch.expm1(-h) * D
+    return (s(t_prev) / s(t)) * x_t - a(t_prev) * torch.expm1(-h) * D
 
 
 # ---- the samplers: timesteps, noise and memory around the pure steps ---------------------------
@@ -342,7 +359,7 @@ class DDPM(Sampler):
         return f"DDPM(variance={self.variance.value!r}, steps={self.num_model_evals})"
 
     def step(self, x_t, t, eps, generator=None):
-        self._position(t)
+        t = self.timesteps[self._position(t)]
         z = self._noise(x_t, generator) if t > 1 else None  # line 3 (diffusers draws in this order too)
         return ddpm_step(self.schedule, x_t, t, eps, z, self.variance)  # line 4
 
@@ -354,17 +371,14 @@ class DDIM(Sampler):
 
     def __init__(self, schedule: NoiseSchedule, steps: int = 50, eta: float = 0.0,
                  spacing: Spacing | str = Spacing.TRAILING) -> None:
-        if not 0.0 <= eta <= 1.0:
-            raise ValueError(f"eta must be in [0, 1] (0: deterministic DDIM, 1: DDPM's posterior variance); "
-                             f"got {eta!r}")
-        self.eta, self.spacing = float(eta), _enum(Spacing, spacing, "spacing")
+        self.eta, self.spacing = _check_eta(eta), _enum(Spacing, spacing, "spacing")
         super().__init__(schedule, timesteps(schedule, steps, self.spacing))
 
     def __repr__(self) -> str:
         return f"DDIM(steps={self.num_model_evals}, eta={self.eta}, spacing={self.spacing.value!r})"
 
     def step(self, x_t, t, eps, generator=None):
-        t_prev = self.next_t(t)
+        t, t_prev = self.timesteps[self._position(t)], self.next_t(t)
         z = self._noise(x_t, generator) if self.eta > 0 else None  # drawn at every step, as diffusers does
         return ddim_step(self.schedule, x_t, t, t_prev, eps, self.eta, z)
 
@@ -397,6 +411,7 @@ class DPMSolverPP2M(Sampler):
 
     def step(self, x_t, t, eps, generator=None):
         i = self._position(t)
+        t = self.timesteps[i]
         if i == 0:
             self.reset()
         elif self._last is None or self._last[0] != self.timesteps[i - 1]:

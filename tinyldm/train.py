@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import FORMAT, load_training_state, save_training_state
 from .config import default_device
+from .schedule import NoiseSchedule
 
 LossFn = Callable[[nn.Module, Any, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
 Callback = Callable[["Trainer", int], None]
@@ -65,6 +66,32 @@ class TrainConfig:
     @property
     def micro_batch(self) -> int:
         return self.batch_size // self.grad_accum
+
+
+class EpsLoss:
+    """Algorithm 1 of DDPM (training), one call per batch; the line numbers are the paper's.
+
+        1: repeat
+        2:   x_0 ~ q(x_0)                         (a batch of cached latents)
+        3:   t ~ Uniform({1, ..., T})
+        4:   eps ~ N(0, I)
+        5:   gradient step on  || eps - eps_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t) ||^2
+        6: until converged                      (the Trainer's loop)
+
+    ``batch[x_key]`` holds x_0 ``[b, c, h, w]``; the model is called as ``model(x_t, t)``.
+    """
+
+    def __init__(self, schedule: NoiseSchedule | None = None, x_key: str = "latent"):
+        self.schedule = schedule or NoiseSchedule()
+        self.x_key = x_key
+
+    def __call__(self, model: nn.Module, batch: dict, generator: torch.Generator):
+        x_0 = batch[self.x_key]                                                     # line 2
+        t = self.schedule.sample_t(len(x_0), generator=generator, device=x_0.device)  # line 3
+        eps = torch.randn(x_0.shape, generator=generator, device=x_0.device, dtype=x_0.dtype)  # line 4
+        x_t = self.schedule.q_sample(x_0, t, eps)  # sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps
+        loss = (eps - model(x_t, t).float()).pow(2).mean()  # line 5 (in fp32 also under bf16 autocast)
+        return loss, {}
 
 
 def _step_seed(seed: int, step: int) -> int:

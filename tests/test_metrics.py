@@ -1,0 +1,62 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tinyldm.data import Scenes
+from tinyldm.metrics import Judge, attribute_accuracy, frechet_distance, fsd
+from tinyldm.pretrained import COURSE_JUDGE, course_judge
+
+
+def test_frechet_distance_closed_forms():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 6, generator=g)
+    assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-6)
+    # a shift changes only the means: the distance is |shift|^2
+    shift = torch.tensor([1.0, -2.0, 0.0, 0.5, 0.0, 0.0])
+    assert frechet_distance(x, x + shift) == pytest.approx(shift.pow(2).sum().item(), rel=1e-6)
+    # one dimension: (mu_a - mu_b)^2 + (s_a - s_b)^2 with the sample statistics
+    a, b = torch.randn(400, 1, generator=g), 3 * torch.randn(400, 1, generator=g) + 1
+    expected = (a.mean() - b.mean()).pow(2) + (a.std() - b.std()).pow(2)
+    assert frechet_distance(a, b) == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_frechet_distance_bad_input():
+    with pytest.raises(ValueError, match=r"same d, got \[5, 3\] and \[5, 4\]"):
+        frechet_distance(torch.zeros(5, 3), torch.zeros(5, 4))
+    with pytest.raises(ValueError, match="at least 2"):
+        frechet_distance(torch.zeros(1, 3), torch.zeros(5, 3))
+
+
+def test_attribute_accuracy_counts_dont_care():
+    judge = Judge()
+    images = torch.zeros(4, 3, 64, 64)
+    pred = judge.predict(images)
+    want = torch.stack([pred["shape"], pred["color"], torch.full((4,), -1)], 1)
+    assert attribute_accuracy(judge, images, want) == {"shape": 1.0, "color": 1.0, "all": 1.0}
+    wrong = want.clone()
+    wrong[:2, 1] = (wrong[:2, 1] + 1) % 6
+    assert attribute_accuracy(judge, images, wrong)["all"] == 0.5
+
+
+def test_judge_takes_other_sizes_and_refuses_bad_shapes():
+    judge = Judge()
+    assert judge.features(torch.zeros(2, 3, 32, 32)).shape == (2, 128)
+    with pytest.raises(ValueError, match=r"expected images \[b, 3, H, W\], got shape \[2, 4, 64, 64\]"):
+        judge.features(torch.zeros(2, 4, 64, 64))
+
+
+@pytest.mark.skipif(not COURSE_JUDGE.exists(), reason="the course judge is made by `tinyldm train-judge`")
+def test_course_judge_reads_scenes_and_fsd_separates_real_from_corrupted():
+    judge = course_judge()
+    held = Scenes(size=64, length=400, seed=7, max_objects=1)
+    items = [held[i] for i in range(400)]
+    images = torch.stack([it["image"] for it in items])
+    acc = attribute_accuracy(judge, images, torch.stack([it["attributes"][0] for it in items]))
+    assert acc["all"] > 0.95, acc
+    real_a, real_b = images[:200], images[200:]
+    blurred = F.avg_pool2d(F.pad(real_b, (2, 2, 2, 2), mode="replicate"), 5, stride=1)
+    noisy = (real_b + 0.3 * torch.randn(real_b.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
+    grey = real_b.mean(1, keepdim=True).expand_as(real_b)
+    same = fsd(judge, real_a, real_b)
+    for corrupted in (blurred, noisy, grey):
+        assert fsd(judge, real_a, corrupted) > 3 * same

@@ -1,0 +1,259 @@
+import pytest
+import torch
+
+from tinyldm.autoencoder import Autoencoder, AutoencoderConfig
+from tinyldm.checkpoint import CheckpointError
+from tinyldm.unet import UNet, UNetConfig, timestep_embedding
+
+
+def perturbed(model: UNet, seed: int = 0, scale: float = 0.1) -> UNet:
+    """Move every weight off its init: the zero-initialised layers otherwise hide how the output depends on inputs."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    return model
+
+
+def randn(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+# -- shapes ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("overrides,b,hw", [
+    ({}, 2, (8, 8)),
+    ({"num_classes": 10}, 3, (8, 12)),
+    ({"context_dim": 12}, 1, (16, 8)),
+    ({"num_classes": 5, "context_dim": 12, "in_channels": 9, "out_channels": 3}, 5, (8, 8)),
+    ({"channel_mult": (1, 2, 2), "attention_levels": (1, 2)}, 3, (16, 16)),  # 3 levels
+    ({"channel_mult": (1, 2, 2), "attention_levels": (), "num_res_blocks": 2}, 1, (12, 20)),  # no attention
+    ({"channel_mult": (1,), "attention_levels": (0,)}, 2, (5, 7)),  # one level: any size
+])
+def test_output_shape_is_input_shape_with_out_channels(overrides, b, hw):
+    cfg = UNetConfig.tiny(**overrides)
+    model = UNet(cfg)
+    x_t = randn(b, cfg.in_channels, *hw)
+    context = randn(b, 7, cfg.context_dim) if cfg.context_dim else None
+    y = torch.arange(b) % cfg.num_classes if cfg.num_classes else None
+    eps = model(x_t, torch.arange(1, b + 1), y=y, context=context)
+    assert eps.shape == (b, cfg.out_channels, *hw)
+
+
+def test_untrained_model_predicts_exactly_zero():
+    cfg = UNetConfig.tiny(num_classes=4, context_dim=6)
+    model = UNet(cfg)
+    eps = model(randn(3, 4, 8, 8), 500, y=torch.tensor([0, 1, 4]), context=randn(3, 5, 6))
+    assert torch.equal(eps, torch.zeros_like(eps))
+
+
+# -- conditioning ---------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def test_output_depends_on_t_y_and_context():
+    model = perturbed(UNet(UNetConfig.tiny(num_classes=4, context_dim=6)))
+    x_t, context = randn(2, 4, 8, 8), randn(2, 5, 6, seed=1)
+    y = torch.tensor([0, 1])
+    base = model(x_t, 10, y, context)
+    assert not torch.allclose(base, model(x_t, 900, y, context))
+    assert not torch.allclose(base, model(x_t, 10, torch.tensor([2, 3]), context))
+    assert not torch.allclose(base, model(x_t, 10, y, randn(2, 5, 6, seed=2)))
+    # one t for the batch, as a number or a tensor [b], int or float: the same thing
+    torch.testing.assert_close(base, model(x_t, torch.tensor([10, 10]), y, context))
+    torch.testing.assert_close(base, model(x_t, 10.0, y, context))
+
+
+@torch.no_grad()
+def test_y_none_is_the_null_label():
+    cfg = UNetConfig.tiny(num_classes=4)
+    model = perturbed(UNet(cfg))
+    assert cfg.null_label == 4 and model.label_embed.num_embeddings == 5  # the last row is the null label
+    x_t = randn(3, 4, 8, 8)
+    torch.testing.assert_close(model(x_t, 7), model(x_t, 7, y=torch.full((3,), cfg.null_label)), rtol=0, atol=0)
+
+
+@torch.no_grad()
+def test_masked_out_context_tokens_have_no_effect():
+    model = perturbed(UNet(UNetConfig.tiny(context_dim=6)))
+    x_t, context = randn(2, 4, 8, 8), randn(2, 5, 6, seed=1)
+    mask = torch.tensor([[True, True, True, False, False], [True, False, True, True, True]])
+    base = model(x_t, 10, context=context, context_mask=mask)
+    changed = context.clone()
+    changed[0, 3:] = 100.0  # hidden by the mask
+    changed[1, 1] = -100.0
+    torch.testing.assert_close(model(x_t, 10, context=changed, context_mask=mask), base)
+    changed[0, 0] = 100.0  # visible: must matter
+    assert not torch.allclose(model(x_t, 10, context=changed, context_mask=mask), base)
+    # an all-True mask is the same as no mask
+    torch.testing.assert_close(model(x_t, 10, context=context, context_mask=torch.ones(2, 5, dtype=torch.bool)),
+                               model(x_t, 10, context=context))
+
+
+def test_timestep_embedding_matches_diffusers_sd_layout():
+    embeddings = pytest.importorskip("diffusers.models.embeddings")
+    t = torch.tensor([0, 1, 10, 999, 1000])
+    for dim in (32, 320, 7):
+        ref = embeddings.get_timestep_embedding(t, dim, flip_sin_to_cos=True, downscale_freq_shift=0)
+        torch.testing.assert_close(timestep_embedding(t, dim), ref)
+    emb = timestep_embedding(torch.tensor([0.0, 2.5]), 8)  # float t allowed; t = 0 is cos = 1, sin = 0
+    assert emb.shape == (2, 8) and torch.equal(emb[0], torch.tensor([1.0] * 4 + [0.0] * 4))
+
+
+# -- inpainting channels ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def test_extra_input_channels_start_as_the_same_function():
+    model = perturbed(UNet(UNetConfig.tiny(num_classes=3)))
+    wide = model.with_extra_input_channels(5)
+    assert wide.config.in_channels == 9 and model.config.in_channels == 4 and model.conv_in.in_channels == 4
+    x_t, y = randn(2, 4, 8, 8), torch.tensor([0, 2])
+    before = model(x_t, 30, y)
+    for seed in (1, 2):  # any values in the new channels: their weights are zero
+        extra = 10 * randn(2, 5, 8, 8, seed=seed)
+        torch.testing.assert_close(wide(torch.cat([x_t, extra], dim=1), 30, y), before, rtol=0, atol=0)
+    wide.conv_in.weight[:, 4:] += 0.1  # once trained, the new channels matter; the original is a separate model
+    assert not torch.allclose(wide(torch.cat([x_t, randn(2, 5, 8, 8)], dim=1), 30, y), before)
+    torch.testing.assert_close(model(x_t, 30, y), before)
+    with pytest.raises(ValueError, match="int >= 1, got 0"):
+        model.with_extra_input_channels(0)
+
+
+# -- Stable Diffusion v1 shape ---------------------------------------------------------------------------------------
+def test_sd_v1_preset_has_sd_shape_on_meta():
+    cfg = UNetConfig.sd_v1()
+    assert [cfg.heads(cfg.width(level)) for level in cfg.attention_levels] == [8, 8, 8]
+    assert cfg.downsample == 8
+    with torch.device("meta"):
+        model = UNet(cfg)
+        # diffusers' UNet2DConditionModel(cross_attention_dim=768) has exactly 859,520,964
+        assert 850e6 < model.num_parameters() < 870e6
+        eps = model(torch.zeros(1, 4, 64, 64), 999, context=torch.zeros(1, 77, 768))
+    assert eps.shape == (1, 4, 64, 64)
+
+
+# -- attention maps --------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def test_recorded_attention_maps_have_shape_and_sum_to_one():
+    cfg = UNetConfig.tiny(channel_mult=(1, 2, 2), attention_levels=(1, 2), context_dim=6)
+    model = perturbed(UNet(cfg))
+    b, L = 2, 5
+    x_t, context = randn(b, 4, 16, 16), randn(b, L, 6)
+    mask = torch.tensor([[True] * 5, [True, True, False, True, False]])
+    fused = model(x_t, 3, context=context, context_mask=mask)
+    with model.recording_attention() as maps:
+        explicit = model(x_t, 3, context=context, context_mask=mask)
+        model(x_t, 4, context=context, context_mask=mask)
+    torch.testing.assert_close(explicit, fused)  # the explicit softmax is the same attention
+    # tiny has 1 res block per level: at 8x8 one down and two up, at 4x4 one down, the middle and two up
+    assert len(maps) == 7 and all(name.endswith("attn2") for name in maps)
+    assert sorted(m[0].shape[2] for m in maps.values()) == [16] * 4 + [64] * 3  # h*w
+    for name, recorded in maps.items():
+        assert len(recorded) == 2  # one per forward call
+        a = recorded[0]
+        width = model.get_submodule(name).to_q.in_features
+        assert a.shape == (b, cfg.heads(width), a.shape[2], L)  # [b, heads, h*w, L]
+        torch.testing.assert_close(a.sum(-1), torch.ones(a.shape[:3]))
+        assert torch.all(a[1, :, :, [2, 4]] == 0)  # masked tokens get no attention
+    attn = model.get_submodule(next(iter(maps)))
+    assert not attn.keep_attention and attn.last_attention is None  # restored after the block
+    with model.recording_attention(include_self=True) as maps:
+        model(x_t, 3, context=context)
+    a = next(m[0] for name, m in maps.items() if name.endswith("attn1") and m[0].shape[2] == 64)
+    assert a.shape[-1] == 64  # self-attention: h*w to h*w
+
+
+# -- bad inputs ------------------------------------------------------------------------------------------------------
+def _bad_calls():
+    x = torch.zeros(2, 4, 8, 8)
+    ctx = torch.zeros(2, 5, 6)
+    return [
+        ("cond", dict(x_t=torch.zeros(2, 3, 8, 8)), r"expected x_t \[b, 4, h, w\], got shape \[2, 3, 8, 8\]"),
+        ("cond", dict(x_t=torch.zeros(4, 8, 8)), r"expected x_t \[b, 4, h, w\], got shape \[4, 8, 8\]"),
+        ("cond", dict(x_t=torch.zeros(2, 4, 8, 7)), "multiples of 2 .*, got 8x7"),
+        ("cond", dict(t=torch.tensor([1, 2, 3])), r"tensor \[2\] .*, got shape \[3\]"),
+        ("cond", dict(y=torch.tensor([0, 1, 2])), r"int64 tensor \[2\] .*, got torch.int64 of shape \[3\]"),
+        ("cond", dict(y=torch.tensor([0.0, 1.0])), r"int64 tensor \[2\] .*, got torch.float32"),
+        ("cond", dict(y=torch.tensor([0, 4])), r"labels y in 0..3 \(3 = the null label\), got values from 0 to 4"),
+        ("cond", dict(y=torch.tensor([-1, 0])), r"in 0..3 .* got values from -1 to 0"),
+        ("cond", dict(context=None), r"cross-attends: expected context \[b, L, 6\], got None"),
+        ("cond", dict(context=torch.zeros(2, 5, 7)), r"expected context \[2, L, 6\] .*, got shape \[2, 5, 7\]"),
+        ("cond", dict(context=torch.zeros(3, 5, 6)), r"expected context \[2, L, 6\] .*, got shape \[3, 5, 6\]"),
+        ("cond", dict(context_mask=torch.ones(2, 4, dtype=torch.bool)),
+         r"context_mask as a bool tensor \[2, 5\], got torch.bool of shape \[2, 4\]"),
+        ("cond", dict(context_mask=torch.ones(2, 5)), r"bool tensor \[2, 5\], got torch.float32"),
+        ("cond", dict(context_mask=torch.tensor([[True] * 5, [False] * 5])), "at least one token in every row"),
+        ("plain", dict(y=torch.tensor([0, 1])), "num_classes=None and takes no class labels"),
+        ("plain", dict(context=ctx), "context_dim=None .* takes no context, got context"),
+        ("plain", dict(context_mask=torch.ones(2, 5, dtype=torch.bool)), "takes no context, got context_mask"),
+    ], x, ctx
+
+
+@pytest.mark.parametrize("case", range(len(_bad_calls()[0])))
+def test_bad_inputs_name_expected_and_actual(case):
+    calls, x, ctx = _bad_calls()
+    which, kwargs, message = calls[case]
+    cfg = UNetConfig.tiny(num_classes=3, context_dim=6) if which == "cond" else UNetConfig.tiny()
+    args = {"x_t": x, "t": 5, "y": None, "context": ctx if which == "cond" else None, "context_mask": None}
+    with pytest.raises(ValueError, match=message):
+        UNet(cfg)(**{**args, **kwargs})
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"channel_mult": ()}, "channel_mult must be a non-empty tuple of ints >= 1, got ()"),
+    ({"base_channels": 0}, "base_channels must be an int >= 1, got 0"),
+    ({"attention_levels": (2,)}, r"attention_levels must be distinct levels in 0..1 .*, got \(2,\)"),
+    ({"attention_levels": (), "context_dim": 8}, "context_dim=8 needs at least one attention level"),
+    ({"num_classes": 0}, "num_classes must be None or an int >= 1, got 0"),
+    ({"dropout": 1.0}, r"dropout must be in \[0, 1\), got 1.0"),
+    ({"num_heads": 3}, "level 1 has width 16, which 3 heads do not divide"),
+])
+def test_bad_configs_name_expected_and_actual(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        UNetConfig.tiny(**overrides)
+
+
+def test_presets_and_config_helpers():
+    assert UNetConfig.preset("course") == UNetConfig.course()
+    assert UNetConfig.preset("course", num_classes=10).num_classes == 10
+    assert UNetConfig(**UNetConfig.sd_v1().to_dict()) == UNetConfig.sd_v1()
+    assert UNetConfig(channel_mult=[1, 2, 2]).channel_mult == (1, 2, 2)  # lists (from JSON) become tuples
+    assert UNetConfig.course().downsample == 4
+    assert UNetConfig().heads(64) == 2 and UNetConfig().heads(16) == 1  # at least one head
+    assert 10_000 < UNet(UNetConfig.tiny()).num_parameters() < 100_000
+    with pytest.raises(ValueError, match="unknown unet preset 'nope'"):
+        UNetConfig.preset("nope")
+    with pytest.raises(ValueError, match="num_classes=None: it is not class-conditional and has no null label"):
+        UNetConfig.tiny().null_label
+
+
+# -- saving ----------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def test_save_load_round_trip(tmp_path):
+    model = perturbed(UNet(UNetConfig.tiny(num_classes=3, context_dim=6)))
+    path = model.save(tmp_path / "unet.safetensors", step=12)
+    loaded = UNet.load(path)
+    assert loaded.config == model.config and not loaded.training
+    x_t, context = randn(2, 4, 8, 8), randn(2, 5, 6)
+    torch.testing.assert_close(loaded(x_t, 9, torch.tensor([0, 3]), context),
+                               model.eval()(x_t, 9, torch.tensor([0, 3]), context), rtol=0, atol=0)
+    Autoencoder(AutoencoderConfig.tiny()).save(tmp_path / "ae.safetensors")
+    with pytest.raises(CheckpointError, match="holds a 'autoencoder' model, expected a 'unet'"):
+        UNet.load(tmp_path / "ae.safetensors")
+
+
+# -- training --------------------------------------------------------------------------------------------------------
+def test_overfits_one_batch():
+    # Algorithm 1's loss ||eps - eps_theta(x_t, t)||^2 on one fixed batch: a working network memorises it
+    torch.manual_seed(0)
+    model = UNet(UNetConfig.tiny())
+    x_0, eps = randn(4, 4, 8, 8, seed=1), randn(4, 4, 8, 8, seed=2)
+    t = torch.tensor([10, 200, 500, 900])
+    alpha_bar = torch.tensor([0.99, 0.7, 0.3, 0.05]).view(4, 1, 1, 1)  # roughly the DDPM schedule's at those t
+    x_t = alpha_bar.sqrt() * x_0 + (1 - alpha_bar).sqrt() * eps
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(100):
+        loss = (model(x_t, t) - eps).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert abs(losses[0] - eps.pow(2).mean().item()) < 1e-6  # eps_theta = 0 at init
+    assert losses[-1] < losses[0] / 20
