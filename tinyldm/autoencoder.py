@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import check_state_matches, load_model_file, save_model_file
+from .checkpoint import SavableModel
 
 KIND = "autoencoder"
 
@@ -192,9 +191,11 @@ class DiagonalGaussian:
         return 0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar).sum(dim=(1, 2, 3))
 
 
-class Autoencoder(nn.Module):
+class Autoencoder(SavableModel, nn.Module):
     """The KL autoencoder. ``scale_factor`` (a buffer, saved with the weights) is 1 until
     :meth:`fit_scale_factor` measures it."""
+
+    kind, config_class = KIND, AutoencoderConfig
 
     def __init__(self, config: AutoencoderConfig | None = None):
         super().__init__()
@@ -268,20 +269,6 @@ class Autoencoder(nn.Module):
         self.train(was_training)
         self.scale_factor.fill_(1.0 / z.float().std().item())
         return self.scale_factor.item()
-
-    # -- saving -------------------------------------------------------------------------------
-    def save(self, path: str | Path, **extra) -> Path:
-        """Weights + config (+ ``extra`` JSON-able facts such as PSNR) to one safetensors file."""
-        return save_model_file(path, KIND, self.config.to_dict(), self.state_dict(), extra)
-
-    @classmethod
-    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "Autoencoder":
-        """Load a file written by :meth:`save`; the config comes from the file."""
-        state, config, _ = load_model_file(path, KIND)
-        model = cls(AutoencoderConfig(**config))
-        check_state_matches(path, model, state)
-        model.load_state_dict(state)
-        return model.to(map_location).eval()
 
 
 def autoencoder_loss(model: Autoencoder, batch: torch.Tensor | dict, generator: torch.Generator | None = None):

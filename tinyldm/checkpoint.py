@@ -119,3 +119,27 @@ def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a tinyldm training state")
     return state
+
+
+class SavableModel:
+    """Mixin for the course's networks: ``save`` / ``load`` one safetensors model file.
+
+    A subclass sets ``kind`` (the name written into the file) and ``config_class`` (its config
+    dataclass, with ``to_dict()``), and keeps its config in ``self.config``.
+    """
+
+    kind: str
+    config_class: type
+
+    def save(self, path: str | os.PathLike, **extra) -> Path:
+        """Weights + config (+ ``extra`` JSON-able facts such as PSNR or the step) to one file, atomically."""
+        return save_model_file(path, self.kind, self.config.to_dict(), self.state_dict(), extra)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+        """Load a file written by ``save``; the config comes from the file. Returns the model in eval mode."""
+        state, config, _ = load_model_file(path, cls.kind)
+        model = cls(cls.config_class(**config))
+        check_state_matches(path, model, state)
+        model.load_state_dict(state)
+        return model.to(map_location).eval()

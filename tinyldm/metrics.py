@@ -20,13 +20,12 @@ with light blur and noise so it also reads imperfect samples.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import check_state_matches, load_model_file, save_model_file
+from .checkpoint import SavableModel
 from .data import COLORS, SHAPES, SIZES
 
 KIND = "judge"
@@ -46,8 +45,10 @@ class JudgeConfig:
         return asdict(self)
 
 
-class Judge(nn.Module):
+class Judge(SavableModel, nn.Module):
     """Images ``[b, 3, H, W]`` in [-1, 1] -> logits per attribute of the scene's first object."""
+
+    kind, config_class = KIND, JudgeConfig
 
     def __init__(self, config: JudgeConfig | None = None):
         super().__init__()
@@ -82,17 +83,6 @@ class Judge(nn.Module):
         outs = [self(chunk) for chunk in x.split(batch_size)]
         self.train(was_training)
         return {name: torch.cat([o[name] for o in outs]).argmax(1) for name in ATTRIBUTES}
-
-    def save(self, path: str | Path, **extra) -> Path:
-        return save_model_file(path, KIND, self.config.to_dict(), self.state_dict(), extra)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Judge":
-        state, config, _ = load_model_file(path, KIND)
-        model = cls(JudgeConfig(**config))
-        check_state_matches(path, model, state)
-        model.load_state_dict(state)
-        return model.eval()
 
 
 def _degrade(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -34,7 +34,6 @@ import dataclasses
 import math
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -43,7 +42,7 @@ from einops import rearrange
 from torch import nn
 
 from .autoencoder import _norm  # one rule for GroupNorm groups in every network: gcd(groups, channels)
-from .checkpoint import check_state_matches, load_model_file, save_model_file
+from .checkpoint import SavableModel
 
 __all__ = ["UNetConfig", "UNet", "timestep_embedding"]
 
@@ -308,8 +307,10 @@ class Block(nn.ModuleList):
         return h
 
 
-class UNet(nn.Module):
+class UNet(SavableModel, nn.Module):
     """eps_theta(x_t, t, y, context): x_t ``[b, in, h, w]`` -> eps ``[b, out, h, w]``. See the module docstring."""
+
+    kind, config_class = KIND, UNetConfig
 
     def __init__(self, config: UNetConfig | None = None):
         super().__init__()
@@ -481,17 +482,3 @@ class UNet(nn.Module):
             conv.bias.copy_(old.bias)
         new.conv_in = conv
         return new
-
-    # -- saving -------------------------------------------------------------------------------
-    def save(self, path: str | Path, **extra) -> Path:
-        """Weights + config (+ ``extra`` JSON-able facts such as the training step) to one safetensors file."""
-        return save_model_file(path, KIND, self.config.to_dict(), self.state_dict(), extra)
-
-    @classmethod
-    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "UNet":
-        """Load a file written by :meth:`save`; the config comes from the file."""
-        state, config, _ = load_model_file(path, KIND)
-        model = cls(UNetConfig(**config))
-        check_state_matches(path, model, state)
-        model.load_state_dict(state)
-        return model.to(map_location).eval()
