@@ -1,4 +1,7 @@
 
+import os
+import stat
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -54,6 +57,15 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
             raise RuntimeError("killed mid-write")
     assert load_training_state(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]  # no temporary file left behind
+
+
+def test_atomic_write_gives_ordinary_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = save_training_state(tmp_path / "state.pt", {"format": "tinyldm"})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
 class Evil:

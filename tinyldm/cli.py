@@ -58,7 +58,8 @@ def _cmd_train_autoencoder(args) -> int:
     tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
                      ema_decay=args.ema, ckpt_every=args.ckpt_every, precision=args.precision,
                      num_workers=args.workers, seed=args.seed)
-    ae, value = train_autoencoder(args.preset, size=args.size, crop=args.crop, max_objects=args.max_objects,
+    ae, value = train_autoencoder(args.preset, size=args.size, crop=args.crop, whole_image_steps=args.whole_image_steps,
+                                  max_objects=args.max_objects,
                                   n_images=args.n_images, train_config=tc, run_dir=args.run_dir,
                                   resume=not args.restart, device=args.device, out=args.out)
     print(f"saved {args.out}: PSNR {value:.2f} dB on 256 held-out {args.size}px scenes, "
@@ -121,9 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="course")
     p.add_argument("--size", type=int, default=64, help="image side in pixels")
     p.add_argument("--crop", type=int, default=32, help="train on random crops of this side (0: whole images)")
+    p.add_argument("--whole-image-steps", type=int, default=400,
+                   help="with --crop, the last steps train on whole images (GroupNorm statistics differ on crops)")
     p.add_argument("--max-objects", type=int, default=2)
     p.add_argument("--n-images", type=int, default=50_000, help="distinct training scenes")
-    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--steps", type=int, default=4400)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=100)
@@ -144,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--autoencoder", default=str(DATA_DIR / "autoencoder-course.safetensors"))
     p.add_argument("--n-images", type=int, default=20_000, help="scenes to encode and train on")
     p.add_argument("--max-objects", type=int, default=1)
-    p.add_argument("--steps", type=int, default=8000)
+    p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -162,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=_cmd_train_diffusion)
 
     p = sub.add_parser("train-judge", help="train the judge that scores generated scenes (metrics)")
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)

@@ -36,31 +36,41 @@ def held_out_scenes(size: int = 64, n: int = 256, max_objects: int = 2) -> torch
     return torch.stack([scenes[i]["image"] for i in range(n)])
 
 
-def train_autoencoder(preset: str = "course", size: int = 64, crop: int | None = 32, max_objects: int = 2,
-                      n_images: int = 50_000, train_config: TrainConfig | None = None,
+def train_autoencoder(preset: str = "course", size: int = 64, crop: int | None = 32, whole_image_steps: int = 400,
+                      max_objects: int = 2, n_images: int = 50_000, train_config: TrainConfig | None = None,
                       run_dir: str | Path | None = None, resume: bool = True, device=None,
                       out: str | Path | None = None, n_eval: int = 256) -> tuple[Autoencoder, float]:
-    """Train an autoencoder on procedural scenes (seed 0), on random ``crop`` x ``crop`` crops of
-    ``size`` px images, then fit its scale factor and measure its PSNR on held-out whole scenes.
+    """Train an autoencoder on procedural scenes (seed 0), then fit its scale factor and measure its
+    PSNR on held-out whole scenes.
+
+    With ``crop``, all but the last ``whole_image_steps`` steps train on random ``crop`` x ``crop``
+    crops of ``size`` px images (a quarter of the cost at 32 of 64 px), and the last ones on whole
+    images: GroupNorm normalises over the whole feature map, so its statistics on a crop differ from
+    those on a whole image, and a model that only saw crops reconstructs whole images worse (seen
+    here: 30.5 dB on crops, 23.2 dB on whole images after 4000 crop steps).
 
     Returns (the EMA model on the CPU, PSNR in dB); with ``out`` also saves it there.
     """
-    train_config = train_config or TrainConfig(steps=6000, batch_size=32, lr=1e-3, warmup_steps=100)
+    train_config = train_config or TrainConfig(steps=4400, batch_size=32, lr=1e-3, warmup_steps=100)
     data = Scenes(size=size, length=n_images, seed=0, max_objects=max_objects)
+    phases = [(data, train_config.steps)]
     if crop:
-        data = RandomCrops(data, crop, seed=train_config.seed)
-    trainer = Trainer(Autoencoder(AutoencoderConfig.preset(preset)), autoencoder_loss, data, train_config,
+        phases.insert(0, (RandomCrops(data, crop, seed=train_config.seed), train_config.steps - whole_image_steps))
+    trainer = Trainer(Autoencoder(AutoencoderConfig.preset(preset)), autoencoder_loss, phases[0][0], train_config,
                       out_dir=run_dir, resume=resume, device=device)
     if trainer.step:
         print(f"resuming {run_dir} at step {trainer.step}")
-    trainer.fit()
+    for dataset, until in phases:
+        if trainer.step < until:
+            trainer.dataset = dataset
+            trainer.fit(steps=until - trainer.step)
     ae = (trainer.ema if trainer.ema is not None else trainer.model).cpu().eval()
     held_out = held_out_scenes(size, n_eval, max_objects)
     ae.fit_scale_factor(held_out)
     value = reconstruction_psnr(ae, held_out)
     if out is not None:
         ae.save(out, psnr=round(value, 3), steps=trainer.step, image_size=size, crop=crop,
-                command=" ".join(["tinyldm", *sys.argv[1:]]))
+                whole_image_steps=whole_image_steps, command=" ".join(["tinyldm", *sys.argv[1:]]))
     return ae, value
 
 
@@ -71,7 +81,8 @@ def course_autoencoder(path: str | Path = COURSE_AUTOENCODER) -> Autoencoder:
         return Autoencoder.load(path)
     warnings.warn(f"{path} is missing; training a small stand-in autoencoder now (blurrier results). "
                   f"Make the real one with: tinyldm train-autoencoder", stacklevel=2)
-    ae, _ = train_autoencoder(train_config=TrainConfig(steps=pick(300, 3), batch_size=32, lr=1e-3, warmup_steps=30,
+    ae, _ = train_autoencoder(whole_image_steps=pick(100, 1),
+                              train_config=TrainConfig(steps=pick(300, 3), batch_size=32, lr=1e-3, warmup_steps=30,
                                                        ema_decay=0.99), n_eval=pick(64, 8))
     return ae
 
@@ -80,7 +91,7 @@ def train_judge(train_config: TrainConfig | None = None, n_images: int = 50_000,
                 out: str | Path | None = None, n_eval: int = 1000) -> tuple[Judge, float]:
     """Train the judge of ``tinyldm.metrics`` on one-object 64 px scenes (seed 0) and measure its
     accuracy (all attributes right) on held-out scenes (seed 1). Returns (judge, accuracy)."""
-    train_config = train_config or TrainConfig(steps=1500, batch_size=64, lr=2e-3, warmup_steps=50,
+    train_config = train_config or TrainConfig(steps=3000, batch_size=64, lr=2e-3, warmup_steps=50,
                                                ema_decay=None, grad_clip=None)
     data = Scenes(size=64, length=n_images, seed=0, max_objects=1)
     trainer = Trainer(Judge(JudgeConfig()), judge_loss, data, train_config, device=device)
@@ -145,7 +156,7 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
     Returns (the EMA model on the CPU, the trainer); with ``out`` also saves the EMA model there,
     together with the schedule and the fingerprint of the autoencoder whose latents it learned.
     """
-    train_config = train_config or TrainConfig(steps=8000, batch_size=64, lr=1e-3, warmup_steps=200,
+    train_config = train_config or TrainConfig(steps=5000, batch_size=64, lr=1e-3, warmup_steps=200,
                                                ema_decay=0.999)
     schedule = NoiseSchedule(schedule or ScheduleConfig.ddpm())
     latents = course_latents(ae, n_images, max_objects)
