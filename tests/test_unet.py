@@ -257,3 +257,15 @@ def test_overfits_one_batch():
         losses.append(loss.item())
     assert abs(losses[0] - eps.pow(2).mean().item()) < 1e-6  # eps_theta = 0 at init
     assert losses[-1] < losses[0] / 20
+
+
+def test_eps_skip_starts_at_the_gaussian_optimum_and_round_trips(tmp_path):
+    # with eps_skip_schedule the untrained model predicts sqrt(1 - alpha_bar_t) x_t: the exact eps for x_0 ~ N(0, I)
+    from tinyldm.schedule import NoiseSchedule, ScheduleConfig
+
+    schedule = NoiseSchedule()
+    model = UNet(UNetConfig.tiny(eps_skip_schedule=ScheduleConfig.ddpm().to_dict()))
+    x_t, t = torch.randn(3, 4, 8, 8), torch.tensor([1, 500, 1000])
+    torch.testing.assert_close(model(x_t, t), (1 - schedule.alpha_bar[t]).sqrt().view(-1, 1, 1, 1) * x_t)
+    model.save(tmp_path / "u.safetensors")
+    torch.testing.assert_close(UNet.load(tmp_path / "u.safetensors")(x_t, t), model(x_t, t))

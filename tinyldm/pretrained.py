@@ -161,7 +161,8 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
     schedule = NoiseSchedule(schedule or ScheduleConfig.ddpm())
     latents = course_latents(ae, n_images, max_objects)
     shape = tuple(latents.latents.shape[1:])
-    unet = UNet(UNetConfig.preset(preset, in_channels=shape[0], out_channels=shape[0]))
+    unet = UNet(UNetConfig.preset(preset, in_channels=shape[0], out_channels=shape[0],
+                                  eps_skip_schedule=schedule.config.to_dict()))
     callbacks = [SampleGrids(ae, schedule, Path(run_dir) / "samples", sample_every, shape)] \
         if sample_every and run_dir is not None else []
     trainer = Trainer(unet, EpsLoss(schedule), latents, train_config, out_dir=run_dir, resume=resume,
@@ -171,15 +172,10 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
     trainer.fit()
     model = (trainer.ema if trainer.ema is not None else trainer.model).cpu().eval()
     if out is not None:
-        model.save(out, schedule=_schedule_dict(schedule), autoencoder=fingerprint(ae), steps=trainer.step,
+        model.save(out, schedule=schedule.config.to_dict(), autoencoder=fingerprint(ae), steps=trainer.step,
                    data=repr(latents), final_loss=sum(h["loss"] for h in trainer.history[-100:]) / max(
                        1, len(trainer.history[-100:])), command=" ".join(["tinyldm", *sys.argv[1:]]))
     return model, trainer
-
-
-def _schedule_dict(schedule: NoiseSchedule) -> dict:
-    c = schedule.config
-    return {"kind": c.kind.value, "T": c.T, "beta_1": c.beta_1, "beta_T": c.beta_T, "cosine_s": c.cosine_s}
 
 
 def course_unet(ae: Autoencoder | None = None, path: str | Path = COURSE_UNET) -> UNet:

@@ -85,6 +85,10 @@ class ScheduleConfig:
         """Improved DDPM's cosine schedule (offset s, betas clipped at 0.999)."""
         return cls(BetaSchedule.COSINE, T=T, cosine_s=s)
 
+    def to_dict(self) -> dict:
+        """Plain JSON-able fields (``kind`` as its string); ``ScheduleConfig(**d)`` rebuilds it."""
+        return {**dataclasses.asdict(self), "kind": self.kind.value}
+
 
 _PRESETS = {
     BetaSchedule.LINEAR: ScheduleConfig.ddpm,
