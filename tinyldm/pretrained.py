@@ -156,7 +156,7 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
     Returns (the EMA model on the CPU, the trainer); with ``out`` also saves the EMA model there,
     together with the schedule and the fingerprint of the autoencoder whose latents it learned.
     """
-    train_config = train_config or TrainConfig(steps=5000, batch_size=64, lr=1e-3, warmup_steps=200,
+    train_config = train_config or TrainConfig(steps=8000, batch_size=64, lr=1e-3, warmup_steps=200,
                                                ema_decay=0.999)
     schedule = NoiseSchedule(schedule or ScheduleConfig.ddpm())
     latents = course_latents(ae, n_images, max_objects)
