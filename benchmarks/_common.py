@@ -133,3 +133,11 @@ def banner(title: str, device: torch.device) -> None:
     print(f"command: {command_line()}")
     print(f"environment: {environment(device)}")
     print(flush=True)
+
+
+def footer(notes: Sequence[str], quick: bool) -> None:
+    """The last lines of a benchmark: its NOTEs (stand-in models and the like), and the --quick warning."""
+    for note in notes:
+        print("NOTE: " + note)
+    if quick:
+        print("--quick: smoke-test sizes, not a measurement.")

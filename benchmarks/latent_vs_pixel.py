@@ -320,10 +320,7 @@ def main():
     print(f"\n{C.environment(device)}; pixel channel_mult {mult} (lowest level "
           f"{64 // 2 ** (len(mult) - 1)}x{64 // 2 ** (len(mult) - 1)}); equal wall-clock {args.minutes} min "
           f"per space; {args.n_samples} samples, DDIM {args.sample_steps} steps.")
-    for note in notes:
-        print("NOTE: " + note)
-    if args.quick:
-        print("--quick: smoke-test sizes, not a measurement.")
+    C.footer(notes, args.quick)
 
 
 if __name__ == "__main__":

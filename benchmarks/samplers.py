@@ -173,10 +173,7 @@ def main():
               + (f"met by {', '.join(f'{n} {e}' for n, e, _, _ in few)}" if few else "not met"))
     print(f"\n{args.n} samples per sampler (seed {args.seed}) vs. {args.n} real held-out scenes (seed 1), "
           f"batch {args.batch}; {C.environment(device)}.")
-    for note in notes:
-        print("NOTE: " + note)
-    if args.quick:
-        print("--quick: smoke-test sizes, not a measurement.")
+    C.footer(notes, args.quick)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,16 @@ COURSE_JUDGE = DATA_DIR / "judge-scenes64.safetensors"
 COURSE_UNET = DATA_DIR / "unet-course.safetensors"
 
 
+def _load_or_stand_in(path: str | Path, model_class, what: str, command: str, make_stand_in):
+    """Load ``path`` with ``model_class.load``; if the file is missing, warn and return ``make_stand_in()``."""
+    path = Path(path)
+    if path.exists():
+        return model_class.load(path)
+    warnings.warn(f"{path} is missing; training a small stand-in {what} now (poorer results). "
+                  f"Make the real one with: {command}", stacklevel=3)
+    return make_stand_in()
+
+
 def held_out_scenes(size: int = 64, n: int = 256, max_objects: int = 2) -> torch.Tensor:
     """``[n, 3, size, size]`` scenes from seed 1, never seen in training (which uses seed 0)."""
     scenes = Scenes(size=size, length=n, seed=1, max_objects=max_objects)
@@ -76,15 +86,9 @@ def train_autoencoder(preset: str = "course", size: int = 64, crop: int | None =
 
 def course_autoencoder(path: str | Path = COURSE_AUTOENCODER) -> Autoencoder:
     """The course's autoencoder (f = 4, 64 px scenes -> [b, 4, 16, 16]), in eval mode on the CPU."""
-    path = Path(path)
-    if path.exists():
-        return Autoencoder.load(path)
-    warnings.warn(f"{path} is missing; training a small stand-in autoencoder now (blurrier results). "
-                  f"Make the real one with: tinyldm train-autoencoder", stacklevel=2)
-    ae, _ = train_autoencoder(whole_image_steps=pick(100, 1),
-                              train_config=TrainConfig(steps=pick(300, 3), batch_size=32, lr=1e-3, warmup_steps=30,
-                                                       ema_decay=0.99), n_eval=pick(64, 8))
-    return ae
+    return _load_or_stand_in(path, Autoencoder, "autoencoder", "tinyldm train-autoencoder", lambda: train_autoencoder(
+        whole_image_steps=pick(100, 1), n_eval=pick(64, 8),
+        train_config=TrainConfig(steps=pick(300, 3), batch_size=32, lr=1e-3, warmup_steps=30, ema_decay=0.99))[0])
 
 
 def train_judge(train_config: TrainConfig | None = None, n_images: int = 50_000, device=None,
@@ -108,13 +112,9 @@ def train_judge(train_config: TrainConfig | None = None, n_images: int = 50_000,
 
 def course_judge(path: str | Path = COURSE_JUDGE) -> Judge:
     """The course's judge (reads shape, colour and size; features for the FSD), in eval mode."""
-    path = Path(path)
-    if path.exists():
-        return Judge.load(path)
-    warnings.warn(f"{path} is missing; training a stand-in judge now. Make the real one with: "
-                  f"tinyldm train-judge", stacklevel=2)
-    return train_judge(TrainConfig(steps=pick(300, 3), batch_size=64, lr=2e-3, warmup_steps=20, ema_decay=None,
-                                   grad_clip=None), n_eval=pick(200, 10))[0]
+    return _load_or_stand_in(path, Judge, "judge", "tinyldm train-judge", lambda: train_judge(
+        TrainConfig(steps=pick(300, 3), batch_size=64, lr=2e-3, warmup_steps=20, ema_decay=None, grad_clip=None),
+        n_eval=pick(200, 10))[0])
 
 
 def course_latents(ae: Autoencoder, n: int = 20_000, max_objects: int = 1, size: int = 64) -> LatentDataset:
@@ -180,11 +180,7 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
 
 def course_unet(ae: Autoencoder | None = None, path: str | Path = COURSE_UNET) -> UNet:
     """The course's unconditional latent UNet (trained on one-object 64 px scenes), in eval mode."""
-    path = Path(path)
-    if path.exists():
-        return UNet.load(path)
-    warnings.warn(f"{path} is missing; training a small stand-in UNet now (samples will be poor). "
-                  f"Make the real one with: tinyldm train-diffusion", stacklevel=2)
-    ae = ae or course_autoencoder()
-    tc = TrainConfig(steps=pick(400, 3), batch_size=64, lr=1e-3, warmup_steps=40, ema_decay=0.99)
-    return train_diffusion(ae, n_images=pick(5000, 64), train_config=tc)[0]
+    def stand_in():
+        tc = TrainConfig(steps=pick(400, 3), batch_size=64, lr=1e-3, warmup_steps=40, ema_decay=0.99)
+        return train_diffusion(ae or course_autoencoder(), n_images=pick(5000, 64), train_config=tc)[0]
+    return _load_or_stand_in(path, UNet, "UNet", "tinyldm train-diffusion", stand_in)
