@@ -88,7 +88,7 @@ class AutoencoderConfig:
         return asdict(self)
 
 
-def _norm(channels: int, groups: int) -> nn.GroupNorm:
+def group_norm(channels: int, groups: int) -> nn.GroupNorm:
     # a group count that divides the channel count, so narrow CPU models work with the same code
     return nn.GroupNorm(math.gcd(groups, channels), channels, eps=1e-6)
 
@@ -98,8 +98,8 @@ class ResBlock(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, groups: int):
         super().__init__()
-        self.norm1, self.conv1 = _norm(c_in, groups), nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.norm2, self.conv2 = _norm(c_out, groups), nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.norm1, self.conv1 = group_norm(c_in, groups), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.norm2, self.conv2 = group_norm(c_out, groups), nn.Conv2d(c_out, c_out, 3, padding=1)
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x):
@@ -113,7 +113,7 @@ class AttnBlock(nn.Module):
 
     def __init__(self, c: int, groups: int):
         super().__init__()
-        self.norm = _norm(c, groups)
+        self.norm = group_norm(c, groups)
         self.qkv = nn.Conv2d(c, 3 * c, 1)
         self.proj = nn.Conv2d(c, c, 1)
 
@@ -141,7 +141,7 @@ class Encoder(nn.Module):
         self.down = nn.Sequential(*layers)
         self.mid = nn.Sequential(ResBlock(c, c, g), AttnBlock(c, g) if cfg.mid_attention else nn.Identity(),
                                  ResBlock(c, c, g))
-        self.out = nn.Sequential(_norm(c, g), nn.SiLU(), nn.Conv2d(c, 2 * cfg.latent_channels, 3, padding=1))
+        self.out = nn.Sequential(group_norm(c, g), nn.SiLU(), nn.Conv2d(c, 2 * cfg.latent_channels, 3, padding=1))
 
     def forward(self, x):
         return self.out(self.mid(self.down(self.conv_in(x))))
@@ -165,7 +165,7 @@ class Decoder(nn.Module):
             if level > 0:
                 layers += [nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)]
         self.up = nn.Sequential(*layers)
-        self.out = nn.Sequential(_norm(c, g), nn.SiLU(), nn.Conv2d(c, cfg.in_channels, 3, padding=1))
+        self.out = nn.Sequential(group_norm(c, g), nn.SiLU(), nn.Conv2d(c, cfg.in_channels, 3, padding=1))
 
     def forward(self, z):
         return self.out(self.up(self.mid(self.conv_in(z))))

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .autoencoder import _norm  # one rule for GroupNorm groups in every network: gcd(groups, channels)
+from .autoencoder import group_norm  # one rule for GroupNorm groups in every network: gcd(groups, channels)
 from .checkpoint import SavableModel
 from .schedule import NoiseSchedule, ScheduleConfig
 
@@ -193,9 +193,9 @@ class ResBlock(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int, dropout: float):
         super().__init__()
-        self.norm1, self.conv1 = _norm(c_in, groups), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.norm1, self.conv1 = group_norm(c_in, groups), nn.Conv2d(c_in, c_out, 3, padding=1)
         self.emb_proj = nn.Linear(emb_dim, c_out)
-        self.norm2, self.dropout = _norm(c_out, groups), nn.Dropout(dropout)
+        self.norm2, self.dropout = group_norm(c_out, groups), nn.Dropout(dropout)
         self.conv2 = _zero(nn.Conv2d(c_out, c_out, 3, padding=1))  # the block starts as its skip connection
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
@@ -266,7 +266,7 @@ class SpatialTransformer(nn.Module):
 
     def __init__(self, c: int, heads: int, context_dim: int | None, groups: int):
         super().__init__()
-        self.norm, self.proj_in = _norm(c, groups), nn.Conv2d(c, c, 1)
+        self.norm, self.proj_in = group_norm(c, groups), nn.Conv2d(c, c, 1)
         self.norm1, self.attn1 = nn.LayerNorm(c), Attention(c, heads)
         if context_dim is not None:
             self.norm2, self.attn2 = nn.LayerNorm(c), Attention(c, heads, context_dim)
@@ -357,7 +357,7 @@ class UNet(SavableModel, nn.Module):
                 up.append(Block(layers))
         self.up = nn.ModuleList(up)
         # zero conv: the untrained model predicts eps = 0 exactly, a stable start (loss E[eps^2] = 1)
-        self.out = nn.Sequential(_norm(c, g), nn.SiLU(), _zero(nn.Conv2d(c, cfg.out_channels, 3, padding=1)))
+        self.out = nn.Sequential(group_norm(c, g), nn.SiLU(), _zero(nn.Conv2d(c, cfg.out_channels, 3, padding=1)))
         if cfg.eps_skip_schedule is not None:
             alpha_bar = NoiseSchedule(ScheduleConfig(**cfg.eps_skip_schedule)).alpha_bar
             self.register_buffer("eps_skip", (1 - alpha_bar).sqrt(), persistent=False)  # [T + 1], by t
