@@ -1,6 +1,6 @@
 import pytest
 
-from tinyldm.autoencoder import Autoencoder
+from tinyldm.autoencoder import Autoencoder, AutoencoderConfig
 from tinyldm.cli import main
 from tinyldm.checkpoint import load_training_state
 
@@ -24,3 +24,19 @@ def test_train_autoencoder_then_resume_then_info(tmp_path, capsys):
 def test_unknown_preset_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown autoencoder preset"):
         main(["train-autoencoder", "--preset", "huge", "--run-dir", str(tmp_path), "--out", str(tmp_path / "x")])
+
+
+def test_train_text_encoder_then_text_diffusion(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("tinyldm.pretrained.BUILD_DIR", tmp_path)
+    text = tmp_path / "text.safetensors"
+    assert main(["train-text-encoder", "--steps", "2", "--batch-size", "4", "--out", str(text)]) == 0
+    assert "zero-shot accuracy" in capsys.readouterr().out
+    ae = Autoencoder(AutoencoderConfig.tiny())
+    ae.save(tmp_path / "ae.safetensors")
+    assert main(["train-diffusion", "--preset", "tiny", "--condition", "text", "--text-encoder", str(text),
+                 "--autoencoder", str(tmp_path / "ae.safetensors"), "--hold-out", "0,1", "--n-images", "8",
+                 "--steps", "2", "--batch-size", "4", "--sample-every", "0", "--run-dir", str(tmp_path / "run"),
+                 "--out", str(tmp_path / "unet.safetensors")]) == 0
+    assert main(["info", str(tmp_path / "unet.safetensors")]) == 0
+    printed = capsys.readouterr().out
+    assert '"condition": "text"' in printed and '"hold_out"' in printed and '"context_dim": 128' in printed

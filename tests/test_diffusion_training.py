@@ -3,10 +3,12 @@ import pytest
 import torch
 
 from tinyldm.autoencoder import Autoencoder, AutoencoderConfig
+from tinyldm.conditioning import LabelCondition
 from tinyldm.data import Scenes
-from tinyldm.pretrained import train_diffusion
+from tinyldm.pretrained import generate, train_diffusion
 from tinyldm.sample import DDIM, sample
 from tinyldm.schedule import NoiseSchedule
+from tinyldm.text import SceneCLIP, SceneCLIPConfig
 from tinyldm.train import EpsLoss, TrainConfig, Trainer
 from tinyldm.unet import UNet, UNetConfig
 
@@ -68,3 +70,84 @@ def test_train_diffusion_pipeline_tiny(tmp_path, monkeypatch):
                progress=False)
     assert z.shape == (2, 4, 8, 8) and torch.isfinite(z).all()
     assert ae.from_latent(z).shape == (2, 3, 32, 32)
+
+
+class LabelledLatents(Latents):
+    def __init__(self, x, y):
+        super().__init__(x)
+        self.y = y
+
+    def __getitem__(self, i):
+        return {"latent": self.x[i], "label": int(self.y[i])}
+
+
+def _conditional_trainer(out_dir, steps):
+    torch.manual_seed(0)
+    data = LabelledLatents(torch.randn(12, 4, 8, 8), torch.arange(12) % 3)
+    model = UNet(UNetConfig.tiny(num_classes=3))
+    return Trainer(model, EpsLoss(condition=LabelCondition(3, p_uncond=0.3)), data,
+                   TrainConfig(steps=steps, batch_size=4, lr=3e-3, warmup_steps=2, ckpt_every=3, progress=False),
+                   out_dir=out_dir, resume=True, device="cpu")
+
+
+def test_diffusion_resume_equals_uninterrupted(tmp_path):
+    # Algorithm 1 with label dropout: t, eps and the dropped labels of step k are functions of (seed, k)
+    full = _conditional_trainer(tmp_path / "full", 6)
+    full.fit()
+    first = _conditional_trainer(tmp_path / "cut", 6)
+    first.fit(steps=3)  # killed after the checkpoint at step 3
+    resumed = _conditional_trainer(tmp_path / "cut", 6)
+    assert resumed.step == 3
+    resumed.fit()
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(full.ema.state_dict().values(), resumed.ema.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_conditional_eps_loss_passes_dropped_labels():
+    seen = []
+
+    def model(x_t, t, y):
+        seen.append(y)
+        return torch.zeros_like(x_t)
+
+    batch = {"latent": torch.randn(1000, 1, 2, 2), "label": torch.zeros(1000, dtype=torch.long)}
+    EpsLoss(condition=LabelCondition(5, p_uncond=0.25))(model, batch, torch.Generator().manual_seed(0))
+    (y,) = seen
+    assert set(y.tolist()) == {0, 5}  # the label, or the null label 5
+    assert (y == 5).float().mean().item() == pytest.approx(0.25, abs=0.04)
+
+
+def test_train_diffusion_class_and_text_tiny(tmp_path, monkeypatch):
+    monkeypatch.setattr("tinyldm.pretrained.BUILD_DIR", tmp_path)
+    ae = Autoencoder(AutoencoderConfig.tiny())
+    tc = TrainConfig(steps=2, batch_size=4, warmup_steps=1, progress=False)
+    model, _ = train_diffusion(ae, preset="tiny", n_images=8, train_config=tc, device="cpu", condition="class",
+                               out=tmp_path / "class.safetensors", run_dir=tmp_path / "c", sample_every=2)
+    assert model.config.num_classes == 24 and (tmp_path / "c" / "samples" / "step_0000002.png").exists()
+    encoder = SceneCLIP(SceneCLIPConfig(width=16, layers=1, heads=2, embed_dim=8, image_widths=(8,)))
+    model, trainer = train_diffusion(ae, preset="tiny", n_images=8, train_config=tc, device="cpu", condition="text",
+                                     text_encoder=encoder, hold_out=[0, 1, 2, 3, 4, 5])
+    assert model.config.context_dim == 16
+    assert all(trainer.dataset[i]["label"] >= 6 for i in range(len(trainer.dataset)))
+    with pytest.raises(ValueError, match="condition 'none', 'class' or 'text'"):
+        train_diffusion(ae, preset="tiny", n_images=8, train_config=tc, condition="labels")
+
+
+def test_generate_guides_decodes_and_is_seeded():
+    torch.manual_seed(0)
+    ae = Autoencoder(AutoencoderConfig.tiny())
+    model = UNet(UNetConfig.tiny(num_classes=3, eps_skip_schedule=NoiseSchedule().config.to_dict())).eval()
+    cond = LabelCondition(3)
+    labels = torch.tensor([0, 1, 2, 0, 1])
+    a = generate(model, ae, cond.given(labels), cond.null(5), s=3.0, sampler=DDIM(NoiseSchedule(), steps=3),
+                 batch_size=2, latent_shape=(4, 8, 8))
+    b = generate(model, ae, cond.given(labels), cond.null(5), s=3.0, sampler=DDIM(NoiseSchedule(), steps=3),
+                 batch_size=2, latent_shape=(4, 8, 8))
+    assert a.shape == (5, 3, 32, 32) and torch.equal(a, b)
+    unconditional = generate(model, ae, n=2, sampler=DDIM(NoiseSchedule(), steps=3), latent_shape=(4, 8, 8))
+    assert unconditional.shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match="give n"):
+        generate(model, ae)

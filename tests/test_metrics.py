@@ -64,3 +64,13 @@ def test_course_judge_reads_scenes_and_fsd_separates_real_from_corrupted():
     distances = {name: fsd(judge, real_a, c) for name, c in [("blurred", blurred), ("noisy", noisy), ("grey", grey)]}
     assert all(d > 1.25 * same for d in distances.values()), (same, distances)
     assert distances["grey"] > 10 * same, (same, distances)
+
+
+def test_class_attributes_are_shape_colour_and_any_size():
+    from tinyldm.data import label_of
+    from tinyldm.metrics import class_attributes
+
+    got = class_attributes([label_of("circle", "red"), label_of("star", "blue"), label_of("triangle", "yellow")])
+    assert got.tolist() == [[0, 0, -1], [3, 4, -1], [2, 2, -1]]
+    with pytest.raises(ValueError, match=r"expected class labels \[b\] in 0..23"):
+        class_attributes([24])

@@ -7,7 +7,9 @@ Modules, bottom to top (nothing imports upward):
     checkpoint  safetensors model files and atomic, weights-only training states
     autoencoder the KL autoencoder: images <-> latents
     latents     encode a dataset once and cache its latents
+    text        text encoders behind one interface: CLIP ViT-L/14 (transformers, local files only) and the offline SceneCLIP
     unet        the denoiser eps_theta(x_t, t, y): time embedding, attention, cross-attention, class labels
+    conditioning  class labels and prompts as conditions, condition dropout, classifier-free guidance
     train       one trainer (AdamW, warm-up, EMA, accumulation, bf16, checkpoints, resume); Algorithm 1
     sample      Algorithm 2 (DDPM), DDIM, DPM-Solver++ (2M); the sampling loop
     metrics     the judge (reads a scene's attributes) and the Frechet Scene Distance
@@ -17,12 +19,14 @@ Modules, bottom to top (nothing imports upward):
 """
 
 from .autoencoder import Autoencoder, AutoencoderConfig, autoencoder_loss, psnr, reconstruction_psnr
+from .conditioning import Guided, LabelCondition, TextCondition, guided_eps
 from .config import fast_mode, mode_banner, pick, seed_everything
 from .data import ImageFolder, RandomCrops, Scenes, TorchvisionImages
 from .latents import LatentDataset, encode_dataset, load_or_encode
 from .metrics import Judge, attribute_accuracy, frechet_distance, fsd
 from .sample import DDIM, DDPM, DPMSolverPP2M, Variance, sample
 from .schedule import BetaSchedule, NoiseSchedule, ScheduleConfig
+from .text import CLIPTextEncoder, SceneCLIP, TextEncoder
 from .train import EpsLoss, TrainConfig, Trainer, TrainingDiverged
 from .unet import UNet, UNetConfig
 

@@ -93,6 +93,17 @@ def group_norm(channels: int, groups: int) -> nn.GroupNorm:
     return nn.GroupNorm(math.gcd(groups, channels), channels, eps=1e-6)
 
 
+def strided_cnn(widths: tuple[int, ...], in_channels: int = 3, groups: int = 8) -> nn.Sequential:
+    """The small image encoders of the judge and the text encoder's image side: per width, a stride-2 conv and a
+    conv, each followed by GroupNorm and SiLU (``[b, in, H, W]`` -> ``[b, widths[-1], H / 2^k, W / 2^k]``)."""
+    layers, c = [], in_channels
+    for w in widths:
+        layers += [nn.Conv2d(c, w, 3, stride=2, padding=1), nn.GroupNorm(math.gcd(groups, w), w), nn.SiLU(),
+                   nn.Conv2d(w, w, 3, padding=1), nn.GroupNorm(math.gcd(groups, w), w), nn.SiLU()]
+        c = w
+    return nn.Sequential(*layers)
+
+
 class ResBlock(nn.Module):
     """GroupNorm -> SiLU -> conv, twice, plus a (1x1 if needed) skip connection."""
 

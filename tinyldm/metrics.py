@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .autoencoder import strided_cnn
 from .checkpoint import SavableModel
 from .data import COLORS, SHAPES, SIZES
 
@@ -53,13 +54,8 @@ class Judge(SavableModel, nn.Module):
     def __init__(self, config: JudgeConfig | None = None):
         super().__init__()
         self.config = config or JudgeConfig()
-        layers, c = [], 3
-        for w in self.config.widths:
-            layers += [nn.Conv2d(c, w, 3, stride=2, padding=1), nn.GroupNorm(8, w), nn.SiLU(),
-                       nn.Conv2d(w, w, 3, padding=1), nn.GroupNorm(8, w), nn.SiLU()]
-            c = w
-        self.body = nn.Sequential(*layers)
-        self.proj = nn.Linear(c, self.config.feature_dim)
+        self.body = strided_cnn(self.config.widths)
+        self.proj = nn.Linear(self.config.widths[-1], self.config.feature_dim)
         self.heads = nn.ModuleDict({name: nn.Linear(self.config.feature_dim, n) for name, n in ATTRIBUTES.items()})
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -103,6 +99,15 @@ def judge_loss(model: Judge, batch: dict, generator: torch.Generator):
     logs = {f"acc_{name}": (logits[name].argmax(1) == target[:, i]).float().mean().item()
             for i, name in enumerate(ATTRIBUTES)}
     return sum(losses.values()), logs
+
+
+def class_attributes(labels) -> torch.Tensor:
+    """Class labels ``[b]`` (shape * len(COLORS) + colour) -> attributes ``[b, 3]`` for :func:`attribute_accuracy`
+    (shape, colour, and -1 for size: a class does not fix it)."""
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    if labels.ndim != 1 or bool(((labels < 0) | (labels >= len(SHAPES) * len(COLORS))).any()):
+        raise ValueError(f"expected class labels [b] in 0..{len(SHAPES) * len(COLORS) - 1}, got {labels.tolist()}"[:200])
+    return torch.stack([labels // len(COLORS), labels % len(COLORS), torch.full_like(labels, -1)], dim=1)
 
 
 @torch.no_grad()

@@ -72,25 +72,30 @@ class EpsLoss:
     """Algorithm 1 of DDPM (training), one call per batch; the line numbers are the paper's.
 
         1: repeat
-        2:   x_0 ~ q(x_0)                         (a batch of cached latents)
+        2:   x_0 ~ q(x_0)                         (a batch of cached latents; with its condition y, if any)
         3:   t ~ Uniform({1, ..., T})
         4:   eps ~ N(0, I)
-        5:   gradient step on  || eps - eps_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t) ||^2
+        5:   gradient step on  || eps - eps_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t, y) ||^2
         6: until converged                      (the Trainer's loop)
 
-    ``batch[x_key]`` holds x_0 ``[b, c, h, w]``; the model is called as ``model(x_t, t)``.
+    ``batch[x_key]`` holds x_0 ``[b, c, h, w]``. Without ``condition`` the model is called as ``model(x_t, t)``;
+    with one (a :mod:`tinyldm.conditioning` condition) as ``model(x_t, t, **condition(batch, generator))``,
+    where the condition replaces y by the null condition with probability p_uncond (classifier-free guidance).
     """
 
-    def __init__(self, schedule: NoiseSchedule | None = None, x_key: str = "latent"):
+    def __init__(self, schedule: NoiseSchedule | None = None, x_key: str = "latent", condition=None):
         self.schedule = schedule or NoiseSchedule()
-        self.x_key = x_key
+        self.x_key, self.condition = x_key, condition
 
     def __call__(self, model: nn.Module, batch: dict, generator: torch.Generator):
         x_0 = batch[self.x_key]                                                     # line 2
         t = self.schedule.sample_t(len(x_0), generator=generator, device=x_0.device)  # line 3
         eps = torch.randn(x_0.shape, generator=generator, device=x_0.device, dtype=x_0.dtype)  # line 4
+        # line 2's y (the null condition with probability p_uncond), drawn last so t and eps are the same
+        # random numbers as in the unconditional loss
+        y = self.condition(batch, generator) if self.condition is not None else {}
         x_t = self.schedule.q_sample(x_0, t, eps)  # sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps
-        loss = (eps - model(x_t, t).float()).pow(2).mean()  # line 5 (in fp32 also under bf16 autocast)
+        loss = (eps - model(x_t, t, **y).float()).pow(2).mean()  # line 5 (in fp32 also under bf16 autocast)
         return loss, {}
 
 

@@ -1,0 +1,140 @@
+"""Conditioning: eps_theta(x_t, t) becomes eps_theta(x_t, t, y), and classifier-free guidance steers it.
+
+A *condition* turns a batch into the keyword arguments the UNet takes for y, and knows y's null value:
+
+* ``LabelCondition``: class labels, ``{"y": [b]}``; the null label is ``num_classes`` (the UNet's extra row).
+* ``TextCondition``: prompts through a frozen text encoder (:mod:`tinyldm.text`), ``{"context": [b, L, d],
+  "context_mask": [b, L]}``; the null prompt is the empty string "", as in Stable Diffusion.
+
+Training (classifier-free guidance, Ho & Salimans 2022): with probability ``p_uncond`` (default 0.1) an item's
+condition is replaced by the null one, so one network learns both eps(x_t, t, y) and eps(x_t, t, null).
+:class:`tinyldm.train.EpsLoss` calls ``condition(batch, generator)``, which does that dropout.
+
+Sampling: :class:`Guided` wraps the network into the ``eps_model(x_t, t)`` that every sampler of
+:mod:`tinyldm.sample` takes, with the guided prediction of the seed
+
+    eps~(x_t, t, y) = eps(x_t, t, y) + s * (eps(x_t, t, y) - eps(x_t, t, null))
+
+computed in one batched forward pass (the conditional and the null half side by side). s = 0 is the plain
+conditional model; diffusers' ``guidance_scale`` is 1 + s.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["drop_mask", "LabelCondition", "TextCondition", "guided_eps", "Guided"]
+
+
+def drop_mask(b: int, p: float, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """``[b]`` bool: True where an item's condition is dropped (replaced by null), each with probability p."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"expected a drop probability p_uncond in [0, 1], got {p}")
+    device = device if device is not None else (generator.device if generator is not None else "cpu")
+    return torch.rand(b, generator=generator, device=device) < p
+
+
+class LabelCondition:
+    """Class labels from ``batch[key]`` -> ``{"y": [b]}``; labels dropped to ``null_label`` with prob p_uncond."""
+
+    def __init__(self, num_classes: int, p_uncond: float = 0.1, key: str = "label"):
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"expected num_classes as an int >= 1, got {num_classes!r}")
+        drop_mask(0, p_uncond)  # validates p_uncond
+        self.num_classes, self.p_uncond, self.key = num_classes, p_uncond, key
+
+    @property
+    def null_label(self) -> int:
+        return self.num_classes
+
+    def given(self, y: torch.Tensor | Sequence[int], device=None) -> dict[str, torch.Tensor]:
+        """The model inputs for labels y ``[b]`` (checked to be in 0..num_classes, num_classes = null)."""
+        y = torch.as_tensor(y, dtype=torch.long, device=device)
+        if y.ndim != 1:
+            raise ValueError(f"expected labels y of shape [b], got shape {list(y.shape)}")
+        if len(y) and bool(((y < 0) | (y > self.num_classes)).any()):
+            raise ValueError(f"expected labels in 0..{self.num_classes - 1} (or {self.num_classes}, the null "
+                             f"label), got values from {int(y.min())} to {int(y.max())}")
+        return {"y": y}
+
+    def null(self, b: int, device=None) -> dict[str, torch.Tensor]:
+        return {"y": torch.full((b,), self.null_label, dtype=torch.long, device=device)}
+
+    def __call__(self, batch: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        y = torch.as_tensor(batch[self.key]).long()
+        drop = drop_mask(len(y), self.p_uncond, generator, y.device)
+        return self.given(torch.where(drop, torch.full_like(y, self.null_label), y))
+
+    def __repr__(self) -> str:
+        return f"LabelCondition(num_classes={self.num_classes}, p_uncond={self.p_uncond})"
+
+
+class TextCondition:
+    """Prompts from ``batch[key]`` -> the frozen encoder's ``{"context", "context_mask"}``; a dropped prompt
+    becomes "" (the null prompt) before encoding, so the null condition is exactly what sampling uses.
+
+    ``use_mask=False`` lets the UNet attend to padding tokens too, as Stable Diffusion v1 does with CLIP (its
+    padding positions hold end-of-text states that carry the whole prompt through the causal attention).
+    """
+
+    def __init__(self, encoder: nn.Module, p_uncond: float = 0.1, key: str = "caption", use_mask: bool = True):
+        drop_mask(0, p_uncond)
+        self.encoder, self.p_uncond, self.key, self.use_mask = encoder, p_uncond, key, use_mask
+
+    def given(self, prompts: Sequence[str], device=None) -> dict[str, torch.Tensor]:
+        if isinstance(prompts, str):
+            raise ValueError(f"expected a list of prompts, got one string {prompts!r}; wrap it in a list")
+        hidden, mask = self.encoder.encode(list(prompts))
+        out = {"context": hidden.to(device) if device is not None else hidden}
+        if self.use_mask:
+            out["context_mask"] = mask.to(out["context"].device)
+        return out
+
+    def null(self, b: int, device=None) -> dict[str, torch.Tensor]:
+        return self.given([""] * b, device)
+
+    def __call__(self, batch: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        prompts = list(batch[self.key])
+        drop = drop_mask(len(prompts), self.p_uncond, generator).tolist()
+        device = generator.device if generator is not None else None
+        return self.given(["" if d else p for p, d in zip(prompts, drop)], device)
+
+    def __repr__(self) -> str:
+        return f"TextCondition({type(self.encoder).__name__}, p_uncond={self.p_uncond}, use_mask={self.use_mask})"
+
+
+def guided_eps(eps_cond: torch.Tensor, eps_null: torch.Tensor, s: float) -> torch.Tensor:
+    """The seed's guided prediction: eps(x_t, t, y) + s * (eps(x_t, t, y) - eps(x_t, t, null))."""
+    return eps_cond + s * (eps_cond - eps_null)
+
+
+def _cat(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if a.keys() != b.keys():
+        raise ValueError(f"the condition and the null condition must have the same keys, got {sorted(a)} "
+                         f"and {sorted(b)}")
+    return {k: torch.cat([a[k], b[k]]) for k in a}
+
+
+class Guided:
+    """A guided ``eps_model(x_t, t)`` for the samplers: the network with condition ``cond`` (a dict of model
+    inputs, e.g. ``condition.given(labels)``), guided away from ``null`` with scale s.
+
+    One forward pass on the batch ``[x_t; x_t]`` with ``[cond; null]``, then :func:`guided_eps` on its two
+    halves (s = 0 skips the null half). Works with every sampler: it is just another eps_model.
+    """
+
+    def __init__(self, model: nn.Module, cond: dict[str, torch.Tensor], null: dict[str, torch.Tensor] | None = None,
+                 s: float = 3.0):
+        if s != 0 and null is None:
+            raise ValueError(f"guidance with s = {s} needs the null condition (e.g. condition.null(b))")
+        self.model, self.cond, self.null, self.s = model, cond, null, float(s)
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.s == 0:
+            return self.model(x_t, t, **self.cond)
+        both = self.model(torch.cat([x_t, x_t]), torch.cat([t, t]), **_cat(self.cond, self.null))
+        eps_cond, eps_null = both.chunk(2)
+        return guided_eps(eps_cond, eps_null, self.s)
