@@ -11,8 +11,8 @@ per level, attention at 8x8 and 4x4, 32 channels per head):
   CrossAttnDownBlock2D / UNetMidBlock2DCrossAttn / CrossAttnUpBlock2D, ``cross_attention_dim=64``, a context
   ``[b, 8, 64]``. Both are LDM's transformer block, so this is the like-for-like pair.
 
-diffusers needs every width divisible by ``norm_num_groups``: it uses 16 groups everywhere; tinyldm keeps its
-own rule (gcd(32, width): 16 at width 16, 32 above). GroupNorm cost does not depend on the group count.
+Both use the course's 8 GroupNorm groups and ADM's scale-shift norm for the time embedding
+(diffusers' ``resnet_time_scale_shift="scale_shift"``), as ``UNetConfig.course()`` does.
 
 For each model: parameters, FLOPs per forward and per training step (forward + backward, counted with
 ``torch.utils.flop_counter.FlopCounterMode``, attention included), then, interleaved in one process:
@@ -59,7 +59,8 @@ def diffusers_unconditional(cfg: UNetConfig):
         down_block_types=tuple("AttnDownBlock2D" if i in attn else "DownBlock2D" for i in levels),
         up_block_types=tuple("AttnUpBlock2D" if i in attn else "UpBlock2D" for i in reversed(levels)),
         attention_head_dim=cfg.head_dim,  # UNet2DModel: channels per head, as tinyldm's head_dim
-        norm_num_groups=16, norm_eps=1e-6, flip_sin_to_cos=True, freq_shift=0)
+        norm_num_groups=cfg.norm_groups, norm_eps=1e-6, flip_sin_to_cos=True, freq_shift=0,
+        resnet_time_scale_shift="scale_shift" if cfg.scale_shift else "default")
 
 
 def diffusers_cross_attention(cfg: UNetConfig):
@@ -75,8 +76,8 @@ def diffusers_cross_attention(cfg: UNetConfig):
         up_block_types=tuple("CrossAttnUpBlock2D" if i in attn else "UpBlock2D" for i in reversed(levels)),
         # UNet2DConditionModel's attention_head_dim is the number of heads (diffusers issue 2011)
         attention_head_dim=tuple(cfg.heads(cfg.width(i)) for i in levels),
-        cross_attention_dim=cfg.context_dim, norm_num_groups=16, norm_eps=1e-6,
-        flip_sin_to_cos=True, freq_shift=0)
+        cross_attention_dim=cfg.context_dim, norm_num_groups=cfg.norm_groups, norm_eps=1e-6,
+        flip_sin_to_cos=True, freq_shift=0, resnet_time_scale_shift="scale_shift" if cfg.scale_shift else "default")
 
 
 def build_pair(kind: str):

@@ -57,8 +57,9 @@ def test_guided_model_makes_one_batched_forward_pass(class_model):
     assert calls == [4]
 
 
-@pytest.mark.parametrize("sampler", [DDPM(NoiseSchedule(ScheduleConfig(T=20, beta_T=0.2))), DDIM(NoiseSchedule(), steps=4),
-                                     DPMSolverPP2M(NoiseSchedule(), steps=4)], ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize("sampler", [DDPM(NoiseSchedule(ScheduleConfig(T=20, beta_T=0.2))),
+                                     DDIM(NoiseSchedule(), steps=4), DPMSolverPP2M(NoiseSchedule(), steps=4)],
+                         ids=lambda s: type(s).__name__)
 def test_guidance_works_with_every_sampler(class_model, sampler):
     cond = LabelCondition(5)
     model = Guided(class_model, cond.given([0, 1]), cond.null(2), s=3.0)

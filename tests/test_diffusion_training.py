@@ -151,3 +151,24 @@ def test_generate_guides_decodes_and_is_seeded():
     assert unconditional.shape == (2, 3, 32, 32)
     with pytest.raises(ValueError, match="give n"):
         generate(model, ae)
+
+
+def test_min_snr_weighting_by_hand():
+    schedule = NoiseSchedule()
+    torch.manual_seed(0)
+    model = UNet(UNetConfig.tiny())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x_0 = torch.randn(6, 4, 8, 8)
+    loss, _ = EpsLoss(schedule, snr_gamma=5.0)(model, {"latent": x_0}, torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)
+    t = schedule.sample_t(6, generator=g)
+    eps = torch.randn(x_0.shape, generator=g)
+    with torch.no_grad():
+        per_item = ((eps - model(schedule.q_sample(x_0, t, eps), t)) ** 2).mean(dim=(1, 2, 3))
+    snr = schedule.alpha_bar[t] / (1 - schedule.alpha_bar[t])
+    expected = (torch.minimum(snr, torch.tensor(5.0)) / snr * per_item).mean()
+    torch.testing.assert_close(loss.detach(), expected)
+    with pytest.raises(ValueError, match="snr_gamma must be None or > 0"):
+        EpsLoss(schedule, snr_gamma=0)

@@ -70,7 +70,8 @@ def test_clip_loss_learns_to_match_images_and_captions():
     torch.manual_seed(0)
     model = SceneCLIP(small_config(width=32, image_widths=(16, 16)))
     data = Scenes(size=32, length=8, seed=0)
-    batch = {"image": torch.stack([data[i]["image"] for i in range(8)]), "caption": [data[i]["caption"] for i in range(8)]}
+    batch = {"image": torch.stack([data[i]["image"] for i in range(8)]),
+             "caption": [data[i]["caption"] for i in range(8)]}
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     first = None
     for _ in range(60):

@@ -269,3 +269,32 @@ def test_eps_skip_starts_at_the_gaussian_optimum_and_round_trips(tmp_path):
     torch.testing.assert_close(model(x_t, t), (1 - schedule.alpha_bar[t]).sqrt().view(-1, 1, 1, 1) * x_t)
     model.save(tmp_path / "u.safetensors")
     torch.testing.assert_close(UNet.load(tmp_path / "u.safetensors")(x_t, t), model(x_t, t))
+
+
+def _emb_effect(config):
+    """Relative change of every res block's output when only emb changes."""
+    from tinyldm.unet import ResBlock
+
+    torch.manual_seed(0)
+    model = UNet(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    effects = []
+    emb_dim = config.time_embed_mult * config.base_channels
+    e1, e2 = torch.randn(2, emb_dim), torch.randn(2, emb_dim)
+    for block in (m for m in model.modules() if isinstance(m, ResBlock)):
+        x = torch.randn(2, block.norm1.num_channels, 8, 8)
+        with torch.no_grad():
+            a, b = block(x, e1), block(x, e2)
+        effects.append(((a - b).norm() / a.norm()).item())
+    return effects
+
+
+def test_time_and_label_embedding_reach_every_res_block_of_the_course_model():
+    # scale-shift after the norm: every block sees t and y
+    assert min(_emb_effect(UNetConfig.course())) > 0.05
+    # the failure it fixes: an additive embedding before a GroupNorm with one channel per group is subtracted
+    # again by the norm, so those blocks are blind to t and y
+    blind = _emb_effect(UNetConfig.course(norm_groups=32, scale_shift=False))
+    assert min(blind) < 1e-6 and max(blind) > 0.05  # the 64-wide blocks (2 channels per group) still see some

@@ -7,7 +7,7 @@ Modules, bottom to top (nothing imports upward):
     checkpoint  safetensors model files and atomic, weights-only training states
     autoencoder the KL autoencoder: images <-> latents
     latents     encode a dataset once and cache its latents
-    text        text encoders behind one interface: CLIP ViT-L/14 (transformers, local files only) and the offline SceneCLIP
+    text        text encoders, one interface: CLIP ViT-L/14 (transformers, local files only), the offline SceneCLIP
     unet        the denoiser eps_theta(x_t, t, y): time embedding, attention, cross-attention, class labels
     conditioning  class labels and prompts as conditions, condition dropout, classifier-free guidance
     train       one trainer (AdamW, warm-up, EMA, accumulation, bf16, checkpoints, resume); Algorithm 1

@@ -85,7 +85,7 @@ def _cmd_train_diffusion(args) -> int:
                                      train_config=tc, run_dir=args.run_dir, resume=not args.restart,
                                      device=args.device, out=args.out, sample_every=args.sample_every,
                                      condition=args.condition, text_encoder=text_encoder, p_uncond=args.p_uncond,
-                                     hold_out=hold_out)
+                                     hold_out=hold_out, snr_gamma=args.snr_gamma)
     print(f"saved {args.out}: {model.num_parameters() / 1e6:.2f}M parameters, {trainer.step} steps")
     return 0
 
@@ -185,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--p-uncond", type=float, default=0.1, help="condition dropout for classifier-free guidance")
     p.add_argument("--text-encoder", default=str(DATA_DIR / "text-scenes.safetensors"),
                    help="with --condition text: the frozen text encoder's file")
+    p.add_argument("--snr-gamma", type=float, default=None,
+                   help="Min-SNR loss weighting with this gamma (e.g. 5); default: the plain loss of Algorithm 1")
     p.add_argument("--hold-out", default="", help="class labels to leave out of training, e.g. 16,22")
     p.add_argument("--out", default=str(DATA_DIR / "unet-course.safetensors"))
     p.set_defaults(fn=_cmd_train_diffusion)

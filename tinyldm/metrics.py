@@ -105,8 +105,9 @@ def class_attributes(labels) -> torch.Tensor:
     """Class labels ``[b]`` (shape * len(COLORS) + colour) -> attributes ``[b, 3]`` for :func:`attribute_accuracy`
     (shape, colour, and -1 for size: a class does not fix it)."""
     labels = torch.as_tensor(labels, dtype=torch.long)
-    if labels.ndim != 1 or bool(((labels < 0) | (labels >= len(SHAPES) * len(COLORS))).any()):
-        raise ValueError(f"expected class labels [b] in 0..{len(SHAPES) * len(COLORS) - 1}, got {labels.tolist()}"[:200])
+    n = len(SHAPES) * len(COLORS)
+    if labels.ndim != 1 or bool(((labels < 0) | (labels >= n)).any()):
+        raise ValueError(f"expected class labels [b] in 0..{n - 1}, got {labels.tolist()}"[:200])
     return torch.stack([labels // len(COLORS), labels % len(COLORS), torch.full_like(labels, -1)], dim=1)
 
 

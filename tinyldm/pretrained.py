@@ -156,8 +156,10 @@ def zero_shot_accuracy(model: SceneCLIP, n: int = 512) -> float:
 
 def course_text_encoder(path: str | Path = COURSE_TEXT_ENCODER) -> SceneCLIP:
     """The course's offline text encoder (prompts -> ``[b, 40, 128]``), frozen, in eval mode on the CPU."""
-    model = _load_or_stand_in(path, SceneCLIP, "text encoder", "tinyldm train-text-encoder", lambda: train_text_encoder(
-        TrainConfig(steps=pick(200, 3), batch_size=64, lr=1e-3, warmup_steps=20, ema_decay=None), n_eval=pick(128, 8))[0])
+    def stand_in():
+        tc = TrainConfig(steps=pick(200, 3), batch_size=64, lr=1e-3, warmup_steps=20, ema_decay=None)
+        return train_text_encoder(tc, n_eval=pick(128, 8))[0]
+    model = _load_or_stand_in(path, SceneCLIP, "text encoder", "tinyldm train-text-encoder", stand_in)
     return model.requires_grad_(False)
 
 
@@ -210,13 +212,14 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
                     train_config: TrainConfig | None = None, schedule: ScheduleConfig | None = None,
                     run_dir: str | Path | None = None, resume: bool = True, device=None,
                     out: str | Path | None = None, sample_every: int = 0, condition: str = "none",
-                    text_encoder=None, p_uncond: float = 0.1, hold_out: Sequence[int] = ()
-                    ) -> tuple[UNet, Trainer]:
+                    text_encoder=None, p_uncond: float = 0.1, hold_out: Sequence[int] = (),
+                    snr_gamma: float | None = None) -> tuple[UNet, Trainer]:
     """Train an eps-prediction UNet (Algorithm 1) on cached latents of ``ae``.
 
     ``condition``: "none" (unconditional, ``model(x_t, t)``), "class" (class labels y, with a null label) or
     "text" (captions through the frozen ``text_encoder``, by cross-attention). Conditional models drop y to
-    null with probability ``p_uncond`` so they can be guided. ``hold_out``: class labels (shape-colour pairs)
+    null with probability ``p_uncond`` so they can be guided. ``snr_gamma``: Min-SNR loss weighting (see
+    EpsLoss). ``hold_out``: class labels (shape-colour pairs)
     left out of training, to test generalisation to new combinations.
 
     Returns (the EMA model on the CPU, the trainer); with ``out`` also saves the EMA model there,
@@ -249,7 +252,8 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
                                   eps_skip_schedule=schedule.config.to_dict(), **overrides))
     callbacks = [SampleGrids(ae, schedule, Path(run_dir) / "samples", sample_every, shape, n_grid, cond=cond,
                              null=null)] if sample_every and run_dir is not None else []
-    trainer = Trainer(unet, EpsLoss(schedule, condition=condition_), data, train_config, out_dir=run_dir,
+    trainer = Trainer(unet, EpsLoss(schedule, condition=condition_, snr_gamma=snr_gamma), data, train_config,
+                      out_dir=run_dir,
                       resume=resume, device=device, callbacks=callbacks)
     if trainer.step:
         print(f"resuming {run_dir} at step {trainer.step}")
@@ -258,6 +262,7 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
     if out is not None:
         model.save(out, schedule=schedule.config.to_dict(), autoencoder=fingerprint(ae), steps=trainer.step,
                    data=repr(latents), condition=condition, p_uncond=p_uncond, hold_out=list(hold_out),
+                   snr_gamma=snr_gamma,
                    text_encoder=fingerprint(text_encoder) if text_encoder is not None else None,
                    final_loss=sum(h["loss"] for h in trainer.history[-100:]) / max(1, len(trainer.history[-100:])),
                    command=" ".join(["tinyldm", *sys.argv[1:]]))

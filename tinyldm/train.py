@@ -81,11 +81,18 @@ class EpsLoss:
     ``batch[x_key]`` holds x_0 ``[b, c, h, w]``. Without ``condition`` the model is called as ``model(x_t, t)``;
     with one (a :mod:`tinyldm.conditioning` condition) as ``model(x_t, t, **condition(batch, generator))``,
     where the condition replaces y by the null condition with probability p_uncond (classifier-free guidance).
+
+    ``snr_gamma`` (off by default, so line 5 is the paper's): Min-SNR weighting (Hang et al. 2023), each item's
+    squared error times min(snr_t, gamma) / snr_t. It stops the many easy low-noise steps (snr_t > gamma) from
+    dominating the gradient, so the mid-noise steps, where shapes are decided, train faster.
     """
 
-    def __init__(self, schedule: NoiseSchedule | None = None, x_key: str = "latent", condition=None):
+    def __init__(self, schedule: NoiseSchedule | None = None, x_key: str = "latent", condition=None,
+                 snr_gamma: float | None = None):
+        if snr_gamma is not None and not snr_gamma > 0:
+            raise ValueError(f"snr_gamma must be None or > 0, got {snr_gamma}")
         self.schedule = schedule or NoiseSchedule()
-        self.x_key, self.condition = x_key, condition
+        self.x_key, self.condition, self.snr_gamma = x_key, condition, snr_gamma
 
     def __call__(self, model: nn.Module, batch: dict, generator: torch.Generator):
         x_0 = batch[self.x_key]                                                     # line 2
@@ -95,8 +102,12 @@ class EpsLoss:
         # random numbers as in the unconditional loss
         y = self.condition(batch, generator) if self.condition is not None else {}
         x_t = self.schedule.q_sample(x_0, t, eps)  # sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps
-        loss = (eps - model(x_t, t, **y).float()).pow(2).mean()  # line 5 (in fp32 also under bf16 autocast)
-        return loss, {}
+        error = (eps - model(x_t, t, **y).float()).pow(2)  # line 5 (in fp32 also under bf16 autocast)
+        if self.snr_gamma is None:
+            return error.mean(), {}
+        snr = self.schedule.snr(t)
+        weight = snr.clamp(max=self.snr_gamma) / snr  # Min-SNR: 1 where snr_t <= gamma, gamma / snr_t above
+        return (weight.view(-1, *[1] * (error.ndim - 1)) * error).mean(), {}
 
 
 def _step_seed(seed: int, step: int) -> int:

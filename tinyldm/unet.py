@@ -66,7 +66,11 @@ class UNetConfig:
     context_dim: int | None = None  # cross-attention to a context [b, L, context_dim] when set
     num_classes: int | None = None  # class-conditional when set; label num_classes is the null label
     dropout: float = 0.0
-    norm_groups: int = 32
+    norm_groups: int = 32  # GroupNorm groups (at most: gcd(norm_groups, width), see autoencoder.group_norm)
+    # how emb enters a res block: False adds Linear(emb) per channel before the second GroupNorm (LDM, SD v1);
+    # True scales and shifts after it, h = norm(h) * (1 + scale) + shift (ADM's "scale-shift norm"). Narrow models
+    # need True: with one or two channels per group the norm subtracts an added per-channel shift again.
+    scale_shift: bool = False
     time_embed_mult: int = 4  # emb width = time_embed_mult * base_channels
     # eps skip (see UNet.forward): the schedule as ScheduleConfig fields, e.g. {"kind": "linear", "T": 1000, ...}
     eps_skip_schedule: dict | None = None
@@ -125,7 +129,7 @@ class UNetConfig:
     def tiny(cls, **overrides) -> "UNetConfig":
         """For tests and fast mode: two levels of width 8/16, attention at the lower one, ~60k parameters."""
         return cls(**{"base_channels": 8, "channel_mult": (1, 2), "num_res_blocks": 1, "attention_levels": (1,),
-                      "head_dim": 8, "norm_groups": 8, **overrides})
+                      "head_dim": 8, "norm_groups": 4, "scale_shift": True, **overrides})
 
     @classmethod
     def course(cls, **overrides) -> "UNetConfig":
@@ -134,9 +138,14 @@ class UNetConfig:
 
         Sized by compute, not parameters: a conv costs width^2 * h * w, so the parameters sit at 4x4 where they are
         cheap and the 16x16 level stays narrow. One training step at batch 64 is ~12 GFLOP (widths 32/64/64 would
-        be 31 GFLOP; 64/128/128 with two res blocks, 9.3M parameters, 183)."""
+        be 31 GFLOP; 64/128/128 with two res blocks, 9.3M parameters, 183).
+
+        Narrow widths need two changes from SD's defaults: 8 GroupNorm groups (2 to 8 channels each, not 1), and
+        t and y entering by scale and shift after the norm (``scale_shift``); with SD's additive embedding and
+        one channel per group, GroupNorm subtracted the embedding again and the model saw neither t nor y."""
         return cls(**{"base_channels": 16, "channel_mult": (1, 2, 4), "num_res_blocks": 1,
-                      "attention_levels": (1, 2), "head_dim": 32, **overrides})
+                      "attention_levels": (1, 2), "head_dim": 32, "norm_groups": 8, "scale_shift": True,
+                      **overrides})
 
     @classmethod
     def sd_v1(cls, **overrides) -> "UNetConfig":
@@ -191,18 +200,26 @@ class ResBlock(nn.Module):
     and the layer layout, hence the parameter count, is SD v1's.
     """
 
-    def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int, dropout: float):
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int, dropout: float, scale_shift: bool = False):
         super().__init__()
+        self.scale_shift = scale_shift
         self.norm1, self.conv1 = group_norm(c_in, groups), nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.emb_proj = nn.Linear(emb_dim, c_out)
+        self.emb_proj = nn.Linear(emb_dim, 2 * c_out if scale_shift else c_out)
         self.norm2, self.dropout = group_norm(c_out, groups), nn.Dropout(dropout)
         self.conv2 = _zero(nn.Conv2d(c_out, c_out, 3, padding=1))  # the block starts as its skip connection
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.emb_proj(F.silu(emb))[:, :, None, None]  # the same shift at every position: "which t is it"
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        e = self.emb_proj(F.silu(emb))[:, :, None, None]  # the same at every position: "which t (and y) is it"
+        if self.scale_shift:
+            scale, shift = e.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift  # after the norm, so the norm cannot undo it
+        else:
+            # before the norm: GroupNorm removes the part of the shift shared by a group's channels, so this needs
+            # several channels per group (SD v1: 10 to 40)
+            h = self.norm2(h + e)
+        h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
 
@@ -321,7 +338,7 @@ class UNet(SavableModel, nn.Module):
         g, attn, emb_dim = cfg.norm_groups, set(cfg.attention_levels), cfg.time_embed_mult * cfg.base_channels
 
         def res(c_in, c_out):
-            return ResBlock(c_in, c_out, emb_dim, g, cfg.dropout)
+            return ResBlock(c_in, c_out, emb_dim, g, cfg.dropout, cfg.scale_shift)
 
         def transformer(c):
             return SpatialTransformer(c, cfg.heads(c), cfg.context_dim, g)
