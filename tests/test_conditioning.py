@@ -8,13 +8,11 @@ from tinyldm.schedule import NoiseSchedule, ScheduleConfig
 from tinyldm.text import SceneCLIP, SceneCLIPConfig
 from tinyldm.unet import UNet, UNetConfig
 
+from helpers import perturbed
+
 
 def _perturbed(model):
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))  # leave the zero init, so outputs depend on y
-    return model.eval()
+    return perturbed(model, scale=0.05).eval()  # leave the zero init, so outputs depend on y
 
 
 @pytest.fixture(scope="module")

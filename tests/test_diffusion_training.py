@@ -12,6 +12,8 @@ from tinyldm.text import SceneCLIP, SceneCLIPConfig
 from tinyldm.train import EpsLoss, TrainConfig, Trainer
 from tinyldm.unet import UNet, UNetConfig
 
+from helpers import perturbed
+
 
 class Latents(torch.utils.data.Dataset):
     def __init__(self, x):
@@ -26,11 +28,7 @@ class Latents(torch.utils.data.Dataset):
 
 def test_eps_loss_is_algorithm_1_by_hand():
     schedule = NoiseSchedule()
-    torch.manual_seed(0)
-    model = UNet(UNetConfig.tiny())
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))  # leave the zero init, so the prediction matters
+    model = perturbed(UNet(UNetConfig.tiny()), scale=0.05)  # leave the zero init, so the prediction matters
     x_0 = torch.randn(3, 4, 8, 8)
     loss, _ = EpsLoss(schedule)(model, {"latent": x_0}, torch.Generator().manual_seed(7))
     g = torch.Generator().manual_seed(7)  # replay the same draws, in the same order
@@ -155,11 +153,7 @@ def test_generate_guides_decodes_and_is_seeded():
 
 def test_min_snr_weighting_by_hand():
     schedule = NoiseSchedule()
-    torch.manual_seed(0)
-    model = UNet(UNetConfig.tiny())
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    model = perturbed(UNet(UNetConfig.tiny()), scale=0.05)
     x_0 = torch.randn(6, 4, 8, 8)
     loss, _ = EpsLoss(schedule, snr_gamma=5.0)(model, {"latent": x_0}, torch.Generator().manual_seed(7))
     g = torch.Generator().manual_seed(7)

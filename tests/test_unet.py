@@ -5,14 +5,7 @@ from tinyldm.autoencoder import Autoencoder, AutoencoderConfig
 from tinyldm.checkpoint import CheckpointError
 from tinyldm.unet import UNet, UNetConfig, timestep_embedding
 
-
-def perturbed(model: UNet, seed: int = 0, scale: float = 0.1) -> UNet:
-    """Move every weight off its init: the zero-initialised layers otherwise hide how the output depends on inputs."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g))
-    return model
+from helpers import perturbed
 
 
 def randn(*shape, seed=0):
@@ -276,10 +269,7 @@ def _emb_effect(config):
     from tinyldm.unet import ResBlock
 
     torch.manual_seed(0)
-    model = UNet(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+    model = perturbed(UNet(config))
     effects = []
     emb_dim = config.time_embed_mult * config.base_channels
     e1, e2 = torch.randn(2, emb_dim), torch.randn(2, emb_dim)

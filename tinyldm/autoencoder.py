@@ -104,6 +104,16 @@ def strided_cnn(widths: tuple[int, ...], in_channels: int = 3, groups: int = 8) 
     return nn.Sequential(*layers)
 
 
+def images_at(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Check ``[b, 3, H, W]`` images and resize them (bilinear, antialiased) to ``size`` x ``size`` if needed: the
+    fixed input size of the small image encoders."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected images [b, 3, H, W], got shape {list(images.shape)}")
+    if images.shape[-2:] != (size, size):
+        images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return images
+
+
 class ResBlock(nn.Module):
     """GroupNorm -> SiLU -> conv, twice, plus a (1x1 if needed) skip connection."""
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .autoencoder import strided_cnn
+from .autoencoder import images_at, strided_cnn
 from .checkpoint import SavableModel
 from .data import COLORS, SHAPES, SIZES
 
@@ -60,12 +60,7 @@ class Judge(SavableModel, nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """``[b, 3, H, W]`` -> ``[b, feature_dim]`` (the space of the Frechet distance)."""
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected images [b, 3, H, W], got shape {list(x.shape)}")
-        s = self.config.image_size
-        if x.shape[-2:] != (s, s):
-            x = F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
-        return F.silu(self.proj(self.body(x).mean(dim=(2, 3))))
+        return F.silu(self.proj(self.body(images_at(x, self.config.image_size)).mean(dim=(2, 3))))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         h = self.features(x)

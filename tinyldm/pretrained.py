@@ -181,7 +181,7 @@ class SampleGrids:
                  latent_shape: tuple[int, int, int] = (4, 16, 16), n: int = 16, steps: int = 20,
                  cond: dict | None = None, null: dict | None = None, s: float = 3.0):
         self.ae, self.schedule, self.folder, self.every = ae, schedule, Path(folder), every
-        self.shape, self.steps = (n, *latent_shape), steps
+        self.n, self.latent_shape, self.steps = n, latent_shape, steps
         self.cond, self.null, self.s = cond, null, s
 
     def __call__(self, trainer: Trainer, step: int) -> None:
@@ -189,16 +189,10 @@ class SampleGrids:
             return
         import matplotlib.pyplot as plt
 
-        model = (trainer.ema or trainer.model).eval()
-        if self.cond is not None:
-            move = lambda d: {k: v.to(trainer.device) for k, v in d.items()}  # noqa: E731
-            model = Guided(model, move(self.cond), move(self.null) if self.null else None, self.s)
-        g = torch.Generator(trainer.device).manual_seed(0)
-        with torch.no_grad():
-            z = sample(model, DDIM(self.schedule, steps=self.steps), self.shape, generator=g, progress=False,
-                       device=trainer.device)
+        images = generate((trainer.ema or trainer.model).eval(), self.ae, self.cond, self.null, self.s, n=self.n,
+                          sampler=DDIM(self.schedule, steps=self.steps), latent_shape=self.latent_shape,
+                          device=trainer.device)
         self.folder.mkdir(parents=True, exist_ok=True)
-        images = self.ae.from_latent(z.float().cpu())
         plt.imsave(self.folder / f"step_{step:07d}.png", image_grid(images, nrow=int(len(images) ** 0.5)))
 
 
@@ -272,13 +266,15 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
 @torch.no_grad()
 def generate(model: UNet, ae: Autoencoder, cond: dict | None = None, null: dict | None = None, s: float = 0.0,
              n: int | None = None, sampler=None, seed: int = 0, batch_size: int = 128, progress: bool = False,
-             latent_shape: tuple[int, int, int] = (4, 16, 16)) -> torch.Tensor:
+             latent_shape: tuple[int, int, int] = (4, 16, 16), device=None) -> torch.Tensor:
     """Images ``[n, 3, H, W]`` from ``model``: the sampling loop (DDIM, 20 steps, unless ``sampler``) with
     classifier-free guidance of scale s when ``cond`` is given, in chunks of ``batch_size``, then decoded.
 
     ``cond``/``null``: model inputs for all n samples, e.g. ``LabelCondition(24).given(labels)`` and
     ``.null(n)``. The noise of chunk k comes from ``seed + k``, so the same seed gives the same images.
+    The loop runs on ``device`` (default: the CPU; the model must be there); the images come back on the CPU.
     """
+    device = torch.device(device) if device is not None else torch.device("cpu")
     n = n if cond is None else len(next(iter(cond.values())))
     if n is None:
         raise ValueError("give n (the number of images) or cond")
@@ -289,11 +285,11 @@ def generate(model: UNet, ae: Autoencoder, cond: dict | None = None, null: dict 
         part = slice(start, min(n, start + batch_size))
         eps_model = model
         if cond is not None:
-            eps_model = Guided(model, {key: v[part] for key, v in cond.items()},
-                               {key: v[part] for key, v in null.items()} if null is not None else None, s)
+            eps_model = Guided(model, {key: v[part].to(device) for key, v in cond.items()},
+                               {key: v[part].to(device) for key, v in null.items()} if null is not None else None, s)
         z = sample(eps_model, sampler, (part.stop - part.start, *latent_shape),
-                   generator=torch.Generator().manual_seed(seed + k), progress=progress)
-        images.append(ae.from_latent(z))
+                   generator=torch.Generator(device).manual_seed(seed + k), progress=progress, device=device)
+        images.append(ae.from_latent(z.float().cpu()))
     return torch.cat(images)
 
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .autoencoder import strided_cnn
+from .autoencoder import images_at, strided_cnn
 from .checkpoint import SavableModel
 
 __all__ = ["TextEncoder", "WordTokenizer", "scene_vocabulary", "SceneCLIPConfig", "SceneCLIP", "clip_loss",
@@ -193,12 +193,8 @@ class SceneCLIP(SavableModel, TextEncoder):
 
     def image_embeds(self, images: torch.Tensor) -> torch.Tensor:
         """Images ``[b, 3, H, W]`` in [-1, 1] -> unit image embeddings ``[b, embed_dim]``."""
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected images [b, 3, H, W], got shape {list(images.shape)}")
-        s = self.config.image_size
-        if images.shape[-2:] != (s, s):
-            images = F.interpolate(images, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
-        return F.normalize(self.image_proj(self.image_body(images).mean(dim=(2, 3))), dim=-1)
+        features = self.image_body(images_at(images, self.config.image_size)).mean(dim=(2, 3))
+        return F.normalize(self.image_proj(features), dim=-1)
 
 
 def clip_loss(model: SceneCLIP, batch: dict, generator: torch.Generator | None = None):
