@@ -99,3 +99,30 @@ def test_bad_train_config():
         TrainConfig(batch_size=6, grad_accum=4)
     with pytest.raises(ValueError, match="precision must be 'fp32' or 'bf16', got 'fp8'"):
         TrainConfig(precision="fp8")
+    with pytest.raises(ValueError, match=r"cooldown_steps must be in 0..steps \(10\), got 11"):
+        TrainConfig(steps=10, cooldown_steps=11)
+
+
+def test_lr_schedule_warmup_stable_cooldown():
+    config = TrainConfig(steps=10, lr=1.0, warmup_steps=4, cooldown_steps=5, progress=False)
+    lrs = [Trainer(nn.Linear(1, 1), deterministic_loss, DATA, config, device="cpu").lr_at(s) for s in range(10)]
+    # warm-up: (s + 1) / 4; constant; cool-down: (10 - s) / 5, reaching 0.2 at the last step (not 0: a step
+    # with lr 0 would be wasted)
+    assert lrs == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 0.8, 0.6, 0.4, 0.2])
+    no_cooldown = TrainConfig(steps=10, lr=1.0, warmup_steps=0, progress=False)
+    assert Trainer(nn.Linear(1, 1), deterministic_loss, DATA, no_cooldown, device="cpu").lr_at(9) == 1.0
+
+
+def test_resume_with_cooldown_added_equals_uninterrupted(tmp_path):
+    # the lr is constant before the cool-down, so a run trained without one can be extended with one
+    full = Trainer(tiny_ae(), autoencoder_loss, DATA, TrainConfig(steps=6, cooldown_steps=3, **CFG), device="cpu")
+    full.fit()
+    first = Trainer(tiny_ae(), autoencoder_loss, DATA, TrainConfig(steps=3, ckpt_every=3, **CFG),
+                    out_dir=tmp_path, device="cpu")
+    first.fit()
+    second = Trainer(tiny_ae(), autoencoder_loss, DATA, TrainConfig(steps=6, cooldown_steps=3, **CFG),
+                     out_dir=tmp_path, device="cpu", resume=True)
+    second.fit()
+    assert [h["lr"] for h in second.history] == [h["lr"] for h in full.history]
+    for a, b in zip(second.model.state_dict().values(), full.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -74,7 +74,8 @@ def _cmd_train_diffusion(args) -> int:
 
     tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
                      ema_decay=args.ema, ckpt_every=args.ckpt_every, precision=args.precision,
-                     num_workers=args.workers, seed=args.seed, grad_accum=args.grad_accum)
+                     num_workers=args.workers, seed=args.seed, grad_accum=args.grad_accum,
+                     cooldown_steps=args.cooldown)
     ae = course_autoencoder(args.autoencoder)
     text_encoder = None
     if args.condition == "text":
@@ -171,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--cooldown", type=int, default=0,
+                   help="the lr falls linearly to 0 over the last N steps (resuming a run with a cool-down added "
+                        "gives the same result as an uninterrupted one)")
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--workers", type=int, default=0)

@@ -41,6 +41,10 @@ class TrainConfig:
     batch_size: int = 32  # images per optimizer step, summed over accumulation micro-batches
     lr: float = 2e-4
     warmup_steps: int = 100  # lr rises linearly from 0, which keeps Adam's first steps small
+    # lr falls linearly to 0 over the last cooldown_steps (warmup-stable-decay): the weights settle into the
+    # minimum the constant lr was bouncing around. Constant before that, so a constant-lr run can be resumed
+    # with a cool-down added and end exactly where an uninterrupted run with the cool-down would.
+    cooldown_steps: int = 0
     weight_decay: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float | None = 1.0  # max global gradient norm; None turns clipping off
@@ -57,6 +61,8 @@ class TrainConfig:
         if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError(f"steps >= 0, batch_size >= 1 and grad_accum >= 1 expected, got "
                              f"steps={self.steps}, batch_size={self.batch_size}, grad_accum={self.grad_accum}")
+        if not 0 <= self.cooldown_steps <= self.steps:
+            raise ValueError(f"cooldown_steps must be in 0..steps ({self.steps}), got {self.cooldown_steps}")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
         if self.precision not in ("fp32", "bf16"):
@@ -214,8 +220,11 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
+        """The lr of optimizer step ``step`` (0-based): linear warm-up, constant, linear cool-down to 0."""
         c = self.config
-        return c.lr * min(1.0, (step + 1) / c.warmup_steps) if c.warmup_steps > 0 else c.lr
+        warm = min(1.0, (step + 1) / c.warmup_steps) if c.warmup_steps > 0 else 1.0
+        cool = min(1.0, (c.steps - step) / c.cooldown_steps) if c.cooldown_steps > 0 else 1.0
+        return c.lr * min(warm, max(0.0, cool))
 
     def _batches(self, steps: int):
         c = self.config
