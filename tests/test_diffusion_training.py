@@ -166,3 +166,23 @@ def test_min_snr_weighting_by_hand():
     torch.testing.assert_close(loss.detach(), expected)
     with pytest.raises(ValueError, match="snr_gamma must be None or > 0"):
         EpsLoss(schedule, snr_gamma=0)
+
+
+def test_train_diffusion_goes_on_from_a_saved_unet(tmp_path, monkeypatch):
+    monkeypatch.setattr("tinyldm.pretrained.BUILD_DIR", tmp_path)
+    ae = Autoencoder(AutoencoderConfig.tiny())
+    tc = TrainConfig(steps=2, batch_size=4, warmup_steps=1, progress=False, ema_decay=None)
+    first, _ = train_diffusion(ae, preset="tiny", n_images=8, train_config=tc, device="cpu", condition="class",
+                               out=tmp_path / "first.safetensors")
+    # init with "course" as the preset: the network comes from the file, not the preset
+    more, trainer = train_diffusion(ae, preset="course", n_images=8, train_config=tc, device="cpu",
+                                    condition="class", init=tmp_path / "first.safetensors")
+    assert more.config == first.config
+    before = trainer.history[0]["loss"]
+    fresh, fresh_trainer = train_diffusion(ae, preset="tiny", n_images=8, train_config=tc, device="cpu",
+                                           condition="class")
+    assert before != fresh_trainer.history[0]["loss"]  # the same batch, but from the trained weights
+    assert any(not torch.equal(a, b) for a, b in zip(more.state_dict().values(), first.state_dict().values()))
+    with pytest.raises(ValueError, match="num_classes is 24 there, this run needs None"):
+        train_diffusion(ae, preset="tiny", n_images=8, train_config=tc, condition="none",
+                        init=tmp_path / "first.safetensors")

@@ -62,7 +62,8 @@ def _cmd_train_autoencoder(args) -> int:
     ae, value = train_autoencoder(args.preset, size=args.size, crop=args.crop, whole_image_steps=args.whole_image_steps,
                                   max_objects=args.max_objects,
                                   n_images=args.n_images, train_config=tc, run_dir=args.run_dir,
-                                  resume=not args.restart, device=args.device, out=args.out)
+                                  resume=not args.restart, device=args.device, out=args.out,
+                                  init=args.init, kl_weight=args.kl_weight)
     print(f"saved {args.out}: PSNR {value:.2f} dB on 256 held-out {args.size}px scenes, "
           f"scale_factor {ae.scale_factor.item():.4f}")
     return 0
@@ -86,7 +87,7 @@ def _cmd_train_diffusion(args) -> int:
                                      train_config=tc, run_dir=args.run_dir, resume=not args.restart,
                                      device=args.device, out=args.out, sample_every=args.sample_every,
                                      condition=args.condition, text_encoder=text_encoder, p_uncond=args.p_uncond,
-                                     hold_out=hold_out, snr_gamma=args.snr_gamma)
+                                     hold_out=hold_out, snr_gamma=args.snr_gamma, init=args.init)
     print(f"saved {args.out}: {model.num_parameters() / 1e6:.2f}M parameters, {trainer.step} steps")
     return 0
 
@@ -146,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --crop, the last steps train on whole images (GroupNorm statistics differ on crops)")
     p.add_argument("--max-objects", type=int, default=2)
     p.add_argument("--n-images", type=int, default=50_000, help="distinct training scenes")
+    p.add_argument("--init", default=None, help="fine-tune this saved autoencoder (its file sets the architecture)")
+    p.add_argument("--kl-weight", type=float, default=None, help="weight of the KL term (default: the preset's)")
     p.add_argument("--steps", type=int, default=4400)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -192,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--snr-gamma", type=float, default=None,
                    help="Min-SNR loss weighting with this gamma (e.g. 5); default: the plain loss of Algorithm 1")
     p.add_argument("--hold-out", default="", help="class labels to leave out of training, e.g. 16,22")
+    p.add_argument("--init", default=None,
+                   help="go on training this saved UNet (fresh optimizer and lr schedule; its file sets the network)")
     p.add_argument("--out", default=str(DATA_DIR / "unet-course.safetensors"))
     p.set_defaults(fn=_cmd_train_diffusion)
 

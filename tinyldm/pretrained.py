@@ -8,6 +8,7 @@ file is missing, trains a small stand-in on the spot (with a warning) so the not
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import warnings
 from pathlib import Path
@@ -56,9 +57,13 @@ def held_out_scenes(size: int = 64, n: int = 256, max_objects: int = 2) -> torch
 def train_autoencoder(preset: str = "course", size: int = 64, crop: int | None = 32, whole_image_steps: int = 400,
                       max_objects: int = 2, n_images: int = 50_000, train_config: TrainConfig | None = None,
                       run_dir: str | Path | None = None, resume: bool = True, device=None,
-                      out: str | Path | None = None, n_eval: int = 256) -> tuple[Autoencoder, float]:
+                      out: str | Path | None = None, n_eval: int = 256, init: str | Path | None = None,
+                      kl_weight: float | None = None) -> tuple[Autoencoder, float]:
     """Train an autoencoder on procedural scenes (seed 0), then fit its scale factor and measure its
     PSNR on held-out whole scenes.
+
+    ``init`` fine-tunes a saved autoencoder instead of starting from random weights (its file gives the
+    architecture; ``preset`` is then not used). ``kl_weight`` overrides the config's weight of the KL term.
 
     With ``crop``, all but the last ``whole_image_steps`` steps train on random ``crop`` x ``crop``
     crops of ``size`` px images (a quarter of the cost at 32 of 64 px), and the last ones on whole
@@ -73,7 +78,10 @@ def train_autoencoder(preset: str = "course", size: int = 64, crop: int | None =
     phases = [(data, train_config.steps)]
     if crop:
         phases.insert(0, (RandomCrops(data, crop, seed=train_config.seed), train_config.steps - whole_image_steps))
-    trainer = Trainer(Autoencoder(AutoencoderConfig.preset(preset)), autoencoder_loss, phases[0][0], train_config,
+    model = Autoencoder.load(init) if init is not None else Autoencoder(AutoencoderConfig.preset(preset))
+    if kl_weight is not None:
+        model.config = dataclasses.replace(model.config, kl_weight=kl_weight)
+    trainer = Trainer(model.train(), autoencoder_loss, phases[0][0], train_config,
                       out_dir=run_dir, resume=resume, device=device)
     if trainer.step:
         print(f"resuming {run_dir} at step {trainer.step}")
@@ -87,7 +95,7 @@ def train_autoencoder(preset: str = "course", size: int = 64, crop: int | None =
     value = reconstruction_psnr(ae, held_out)
     if out is not None:
         ae.save(out, psnr=round(value, 3), steps=trainer.step, image_size=size, crop=crop,
-                whole_image_steps=whole_image_steps, command=" ".join(["tinyldm", *sys.argv[1:]]))
+                whole_image_steps=whole_image_steps, init=str(init) if init is not None else None, command=" ".join(["tinyldm", *sys.argv[1:]]))
     return ae, value
 
 
@@ -207,14 +215,15 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
                     run_dir: str | Path | None = None, resume: bool = True, device=None,
                     out: str | Path | None = None, sample_every: int = 0, condition: str = "none",
                     text_encoder=None, p_uncond: float = 0.1, hold_out: Sequence[int] = (),
-                    snr_gamma: float | None = None) -> tuple[UNet, Trainer]:
+                    snr_gamma: float | None = None, init: str | Path | None = None) -> tuple[UNet, Trainer]:
     """Train an eps-prediction UNet (Algorithm 1) on cached latents of ``ae``.
 
     ``condition``: "none" (unconditional, ``model(x_t, t)``), "class" (class labels y, with a null label) or
     "text" (captions through the frozen ``text_encoder``, by cross-attention). Conditional models drop y to
     null with probability ``p_uncond`` so they can be guided. ``snr_gamma``: Min-SNR loss weighting (see
     EpsLoss). ``hold_out``: class labels (shape-colour pairs)
-    left out of training, to test generalisation to new combinations.
+    left out of training, to test generalisation to new combinations. ``init``: go on training a saved UNet
+    (its file gives the network; ``preset`` is then not used) with a fresh optimizer and lr schedule.
 
     Returns (the EMA model on the CPU, the trainer); with ``out`` also saves the EMA model there,
     together with the schedule and the fingerprint of the autoencoder whose latents it learned.
@@ -242,8 +251,15 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
         condition_ = None
     else:
         raise ValueError(f"expected condition 'none', 'class' or 'text', got {condition!r}")
-    unet = UNet(UNetConfig.preset(preset, in_channels=shape[0], out_channels=shape[0],
-                                  eps_skip_schedule=schedule.config.to_dict(), **overrides))
+    wanted = UNetConfig.preset(preset, in_channels=shape[0], out_channels=shape[0],
+                               eps_skip_schedule=schedule.config.to_dict(), **overrides)
+    unet = UNet(wanted)
+    if init is not None:
+        unet = UNet.load(init)
+        for name in ("in_channels", "out_channels", "num_classes", "context_dim", "eps_skip_schedule"):
+            if getattr(unet.config, name) != getattr(wanted, name):
+                raise ValueError(f"{init} does not fit this run: {name} is {getattr(unet.config, name)!r} there, "
+                                 f"this run needs {getattr(wanted, name)!r}")
     callbacks = [SampleGrids(ae, schedule, Path(run_dir) / "samples", sample_every, shape, n_grid, cond=cond,
                              null=null)] if sample_every and run_dir is not None else []
     trainer = Trainer(unet, EpsLoss(schedule, condition=condition_, snr_gamma=snr_gamma), data, train_config,
@@ -256,7 +272,7 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
     if out is not None:
         model.save(out, schedule=schedule.config.to_dict(), autoencoder=fingerprint(ae), steps=trainer.step,
                    data=repr(latents), condition=condition, p_uncond=p_uncond, hold_out=list(hold_out),
-                   snr_gamma=snr_gamma,
+                   snr_gamma=snr_gamma, init=str(init) if init is not None else None,
                    text_encoder=fingerprint(text_encoder) if text_encoder is not None else None,
                    final_loss=sum(h["loss"] for h in trainer.history[-100:]) / max(1, len(trainer.history[-100:])),
                    command=" ".join(["tinyldm", *sys.argv[1:]]))
