@@ -95,7 +95,8 @@ def train_autoencoder(preset: str = "course", size: int = 64, crop: int | None =
     value = reconstruction_psnr(ae, held_out)
     if out is not None:
         ae.save(out, psnr=round(value, 3), steps=trainer.step, image_size=size, crop=crop,
-                whole_image_steps=whole_image_steps, init=str(init) if init is not None else None, command=" ".join(["tinyldm", *sys.argv[1:]]))
+                whole_image_steps=whole_image_steps, init=str(init) if init is not None else None,
+                command=" ".join(["tinyldm", *sys.argv[1:]]))
     return ae, value
 
 
@@ -253,9 +254,8 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
         raise ValueError(f"expected condition 'none', 'class' or 'text', got {condition!r}")
     wanted = UNetConfig.preset(preset, in_channels=shape[0], out_channels=shape[0],
                                eps_skip_schedule=schedule.config.to_dict(), **overrides)
-    unet = UNet(wanted)
+    unet = UNet.load(init) if init is not None else UNet(wanted)
     if init is not None:
-        unet = UNet.load(init)
         for name in ("in_channels", "out_channels", "num_classes", "context_dim", "eps_skip_schedule"):
             if getattr(unet.config, name) != getattr(wanted, name):
                 raise ValueError(f"{init} does not fit this run: {name} is {getattr(unet.config, name)!r} there, "
