@@ -23,14 +23,17 @@ For each model: parameters, FLOPs per forward and per training step (forward + b
 
 Ratios: time tinyldm / diffusers (< 1: tinyldm faster), and "at equal FLOPs"
 (t_diffusers / FLOPs_diffusers) / (t_tinyldm / FLOPs_tinyldm) (> 1: tinyldm does more FLOPs per second).
-The issue's target is >= 1.2 at equal FLOPs; this script only reports. Eager mode for both: no torch.compile,
-no channels_last.
+The issue's target is >= 1.2 at equal FLOPs; this script only reports. Eager mode and contiguous (NCHW) tensors
+for both by default; ``--channels-last`` and ``--compile`` apply the same treatment to both models (FLOPs are
+counted on the eager models), to see whether either library profits more from it.
 
 Command and time (2 CPU cores, quiet machine; defaults batch 64, 2 warm-up + 7 timed repeats):
 
     .venv/bin/python benchmarks/unet_vs_diffusers.py            # about 1-2 minutes
     .venv/bin/python benchmarks/unet_vs_diffusers.py --quick    # smoke test, batch 8, about 10 s
     .venv/bin/python benchmarks/unet_vs_diffusers.py --device cuda --batch 256
+    .venv/bin/python benchmarks/unet_vs_diffusers.py --channels-last   # both models in NHWC memory layout
+    .venv/bin/python benchmarks/unet_vs_diffusers.py --compile         # both under torch.compile (minutes to compile)
 """
 
 from __future__ import annotations
@@ -96,11 +99,12 @@ def build_pair(kind: str):
 
 def measure_pair(kind: str, args, device) -> dict:
     ours, theirs, fwd_ours, fwd_theirs = build_pair(kind)
-    models = {"tinyldm": ours.to(device), "diffusers": theirs.to(device)}
+    layout = torch.channels_last if args.channels_last else torch.contiguous_format
+    models = {"tinyldm": ours.to(device, memory_format=layout), "diffusers": theirs.to(device, memory_format=layout)}
     fwds = {"tinyldm": fwd_ours, "diffusers": fwd_theirs}
     g = torch.Generator().manual_seed(1)
     b = args.batch
-    x = torch.randn(b, *LATENT, generator=g).to(device)
+    x = torch.randn(b, *LATENT, generator=g).to(device).contiguous(memory_format=layout)
     t = torch.randint(1, 1001, (b,), generator=g).to(device)
     ctx = torch.randn(b, CONTEXT_LEN, CONTEXT_DIM, generator=g).to(device) if kind != "unconditional" else None
     target = torch.randn(b, *LATENT, generator=g).to(device)
@@ -132,6 +136,8 @@ def measure_pair(kind: str, args, device) -> dict:
         m.eval()
         out[name]["fwd_flops"] = C.count_flops(forward_no_grad(name))
 
+    if args.compile:  # one compiled wrapper per model, sharing its parameters (and optimizer)
+        models = {name: torch.compile(m) for name, m in models.items()}
     for m in models.values():
         m.train()
     train = C.interleaved_medians({n: train_step(n) for n in models}, device, args.repeats, args.warmup)
@@ -149,6 +155,8 @@ def main():
     parser.add_argument("--batch", type=int, default=64, help="batch size (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats per measurement (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
+    parser.add_argument("--channels-last", action="store_true", help="both models and inputs in channels_last")
+    parser.add_argument("--compile", action="store_true", help="both models under torch.compile")
     parser.add_argument("--configs", default="unconditional,cross-attention",
                         help="comma-separated: unconditional, cross-attention (default both)")
     C.add_common_args(parser)
@@ -194,7 +202,9 @@ def main():
     print(C.markdown_table(
         ["config", "train time tinyldm/diffusers", "train speed at equal FLOPs (target >= 1.2)",
          "sampling time tinyldm/diffusers", "sampling speed at equal FLOPs (target >= 1.2)"], rows))
-    print(f"\nbatch {b}, median of {args.repeats} interleaved repeats after {args.warmup} warm-up; "
+    mode = ", ".join(["eager" if not args.compile else "torch.compile",
+                      "channels_last" if args.channels_last else "NCHW"])
+    print(f"\nbatch {b} ({mode}, both models), median of {args.repeats} interleaved repeats after {args.warmup} warm-up; "
           f"{C.environment(device)}. Time ratios < 1 and equal-FLOP ratios > 1 favour tinyldm."
           + ("\n--quick: smoke-test sizes, not a measurement." if args.quick else ""))
 
