@@ -210,6 +210,10 @@ def test_presets_and_config_helpers():
     assert UNetConfig.course().downsample == 4
     assert UNetConfig().heads(64) == 2 and UNetConfig().heads(16) == 1  # at least one head
     assert 10_000 < UNet(UNetConfig.tiny()).num_parameters() < 100_000
+    large = UNetConfig.preset("course_large", num_classes=24)
+    assert large.width(0) == 2 * UNetConfig.course().width(0) and large.num_classes == 24
+    with torch.device("meta"):  # the count only: no memory, no init
+        assert 3.5e6 < UNet(large).num_parameters() < 4.5e6
     with pytest.raises(ValueError, match="unknown unet preset 'nope'"):
         UNetConfig.preset("nope")
     with pytest.raises(ValueError, match="num_classes=None: it is not class-conditional and has no null label"):
