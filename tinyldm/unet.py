@@ -150,9 +150,10 @@ class UNetConfig:
     @classmethod
     def course_large(cls, **overrides) -> "UNetConfig":
         """The course model at twice the width (32/64/128), ~4M parameters: the next step up in capacity for the
-        course's latents. Measured on 2 CPU cores (class-conditional, 3000 steps at batch 64, s = 3): shape and
-        colour right in 55% of samples against 41% for ``course()``, at 2.7x the time per step, so on a CPU it
-        wins per step but not per minute; the size to train on a GPU (``--device cuda --precision bf16``)."""
+        course's latents, at 2.7x the CPU time per step. Measured on 2 CPU cores (class-conditional, batch 64,
+        s = 3): shape and colour right in 55% of samples after 3000 steps against 41% for ``course()``, but 60%
+        after 9000 (70 minutes), behind ``course()`` at equal time (69% after 21,000 steps, about 60 minutes).
+        A size for GPU runs (``--device cuda --precision bf16``)."""
         return cls.course(**{"base_channels": 32, **overrides})
 
     @classmethod
