@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from .config import BUILD_DIR, DATA_DIR
+from .unet import PRESETS as UNET_PRESETS
 
 
 def _cmd_course(args) -> int:
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=_cmd_train_autoencoder)
 
     p = sub.add_parser("train-diffusion", help="train an eps-prediction UNet on cached latents (Algorithm 1)")
-    p.add_argument("--preset", default="course", help="UNet preset: tiny, course (default), course_large, sd_v1")
+    p.add_argument("--preset", default="course", help="UNet preset, one of " + ", ".join(UNET_PRESETS))
     p.add_argument("--autoencoder", default=str(DATA_DIR / "autoencoder-course.safetensors"))
     p.add_argument("--n-images", type=int, default=20_000, help="scenes to encode and train on")
     p.add_argument("--max-objects", type=int, default=1)

@@ -50,6 +50,10 @@ __all__ = ["UNetConfig", "UNet", "timestep_embedding"]
 KIND = "unet"
 
 
+# the names UNetConfig.preset accepts, each a classmethod of UNetConfig
+PRESETS = ("tiny", "course", "course_large", "sd_v1")
+
+
 @dataclass(frozen=True)
 class UNetConfig:
     """Shape of the UNet. Level i has width ``base_channels * channel_mult[i]`` and runs at
@@ -167,10 +171,9 @@ class UNetConfig:
     def preset(cls, name: str, **overrides) -> "UNetConfig":
         """A preset by name (``"tiny"``, ``"course"``, ``"course_large"``, ``"sd_v1"``), with fields overridden, e.g.
         ``UNetConfig.preset("course", num_classes=10)``."""
-        presets = {"tiny": cls.tiny, "course": cls.course, "course_large": cls.course_large, "sd_v1": cls.sd_v1}
-        if name not in presets:
-            raise ValueError(f"unknown unet preset {name!r}; choose one of {sorted(presets)}")
-        return presets[name](**overrides)
+        if name not in PRESETS:
+            raise ValueError(f"unknown unet preset {name!r}; choose one of {sorted(PRESETS)}")
+        return getattr(cls, name)(**overrides)
 
     def to_dict(self) -> dict:
         return asdict(self)
