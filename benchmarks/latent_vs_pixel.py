@@ -11,7 +11,7 @@ and 4x4), one data set (``tinyldm.data.Scenes``, 64 px, one object, seed 0), thr
   ``UNetConfig.course()``: 16x16, 8x8, 4x4.
 * ``f8``: latents ``[b, 4, 8, 8]`` of an f = 8 autoencoder (``AutoencoderConfig.course_f8()``), the same
   ``UNetConfig.course()``: 8x8, 4x4, 2x2. The autoencoder is trained here for ``--f8-ae-minutes`` with the course
-  autoencoder's recipe (``tinyldm.pretrained.train_autoencoder(preset="course_f8")``: 32 px crops of 64 px
+  autoencoder's recipe (``tinyldm.recipes.train_autoencoder(preset="course_f8")``: 32 px crops of 64 px
   scenes, batch 32, lr 1e-3; ``--f8-crop 0`` for whole images; the step count comes from timing a few steps
   first) unless ``--f8-autoencoder PATH`` is given; it is saved to
   ``build/benchmarks/autoencoder-course_f8.safetensors`` for reuse. Its PSNR is reported: after a few minutes it
@@ -57,8 +57,8 @@ from tinyldm import Autoencoder, AutoencoderConfig, Scenes, UNet, UNetConfig, au
 from tinyldm.autoencoder import reconstruction_psnr
 from tinyldm.config import BUILD_DIR
 from tinyldm.metrics import fsd
-from tinyldm.pretrained import (COURSE_AUTOENCODER, COURSE_JUDGE, course_autoencoder, course_judge,
-                                held_out_scenes, train_autoencoder)
+from tinyldm.pretrained import COURSE_AUTOENCODER, COURSE_JUDGE, course_autoencoder, course_judge
+from tinyldm.recipes import held_out_scenes, train_autoencoder
 from tinyldm.sample import DDIM, sample
 from tinyldm.schedule import NoiseSchedule, ScheduleConfig
 from tinyldm.train import EpsLoss, TrainConfig, Trainer

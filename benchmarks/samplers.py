@@ -39,13 +39,11 @@ from torch import nn
 
 import _common as C
 from tinyldm import Scenes, UNet, UNetConfig
-from tinyldm.checkpoint import load_model_file
-from tinyldm.latents import fingerprint
+from tinyldm.checkpoint import CheckpointError, check_partner
 from tinyldm.metrics import fsd
-from tinyldm.pretrained import (COURSE_AUTOENCODER, COURSE_JUDGE, COURSE_UNET, course_autoencoder,
-                                course_judge, course_unet, held_out_scenes)
+from tinyldm.pretrained import COURSE_AUTOENCODER, COURSE_JUDGE, COURSE_UNET, course_autoencoder, course_judge, course_unet
+from tinyldm.recipes import held_out_scenes
 from tinyldm.sample import DDIM, DDPM, DPMSolverPP2M, sample
-from tinyldm.schedule import NoiseSchedule, ScheduleConfig
 
 
 def tiny_random_unet(channels: int) -> UNet:
@@ -57,15 +55,6 @@ def tiny_random_unet(channels: int) -> UNet:
             if not p.any():
                 nn.init.normal_(p, std=0.02)
     return unet.eval()
-
-
-def schedule_of(path: Path | None) -> tuple[NoiseSchedule, dict]:
-    """The schedule stored with a UNet file (and the file's extra facts); DDPM's linear one otherwise."""
-    extra = load_model_file(path, "unet")[2] if path is not None else {}
-    s = extra.get("schedule")
-    cfg = ScheduleConfig(kind=s["kind"], T=s["T"], beta_1=s["beta_1"], beta_T=s["beta_T"],
-                         cosine_s=s["cosine_s"]) if s else ScheduleConfig.ddpm()
-    return NoiseSchedule(cfg), extra
 
 
 def main():
@@ -113,10 +102,11 @@ def main():
     if notes and notes[-1].startswith("--quick"):
         print("NOTE: " + notes[-1], flush=True)
     unet = unet.to(device).eval()
-    schedule, extra = schedule_of(unet_path)
-    if extra.get("autoencoder") and extra["autoencoder"] != fingerprint(ae.cpu()):
-        notes.append(f"the UNet was trained on latents of another autoencoder ({extra['autoencoder']}) than "
-                     f"the one loaded ({fingerprint(ae)}): samples decode wrongly")
+    schedule = unet.schedule  # the schedule the UNet was trained with, from its config
+    try:
+        check_partner(unet, ae.cpu(), "autoencoder", "autoencoder")
+    except CheckpointError as e:
+        notes.append(f"{e}: samples decode wrongly")
         print("NOTE: " + notes[-1], flush=True)
     ae = ae.to(device)
     print(f"UNet: {unet_path or 'in memory'}, {C.fmt_count(unet.num_parameters())} params; latents "

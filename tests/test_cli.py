@@ -45,7 +45,7 @@ def test_unknown_preset_is_refused(tmp_path):
 
 
 def test_train_text_encoder_then_text_diffusion(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("tinyldm.pretrained.BUILD_DIR", tmp_path)
+    monkeypatch.setattr("tinyldm.recipes.BUILD_DIR", tmp_path)
     text = tmp_path / "text.safetensors"
     assert main(["train-text-encoder", "--steps", "2", "--batch-size", "4", "--out", str(text)]) == 0
     assert "zero-shot accuracy" in capsys.readouterr().out

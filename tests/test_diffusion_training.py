@@ -5,7 +5,8 @@ import torch
 from tinyldm.autoencoder import Autoencoder, AutoencoderConfig
 from tinyldm.conditioning import LabelCondition
 from tinyldm.data import Scenes
-from tinyldm.pretrained import generate, train_diffusion
+from tinyldm.pipeline import generate
+from tinyldm.recipes import train_diffusion
 from tinyldm.sample import DDIM, sample
 from tinyldm.schedule import NoiseSchedule
 from tinyldm.text import SceneCLIP, SceneCLIPConfig
@@ -56,7 +57,7 @@ def test_overfit_one_batch():
 
 
 def test_train_diffusion_pipeline_tiny(tmp_path, monkeypatch):
-    monkeypatch.setattr("tinyldm.pretrained.BUILD_DIR", tmp_path)
+    monkeypatch.setattr("tinyldm.recipes.BUILD_DIR", tmp_path)
     ae = Autoencoder(AutoencoderConfig.tiny())
     tc = TrainConfig(steps=4, batch_size=4, warmup_steps=1, ckpt_every=2, progress=False)
     model, trainer = train_diffusion(ae, preset="tiny", n_images=8, train_config=tc, run_dir=tmp_path / "run",
@@ -119,7 +120,7 @@ def test_conditional_eps_loss_passes_dropped_labels():
 
 
 def test_train_diffusion_class_and_text_tiny(tmp_path, monkeypatch):
-    monkeypatch.setattr("tinyldm.pretrained.BUILD_DIR", tmp_path)
+    monkeypatch.setattr("tinyldm.recipes.BUILD_DIR", tmp_path)
     ae = Autoencoder(AutoencoderConfig.tiny())
     tc = TrainConfig(steps=2, batch_size=4, warmup_steps=1, progress=False)
     model, _ = train_diffusion(ae, preset="tiny", n_images=8, train_config=tc, device="cpu", condition="class",
@@ -130,14 +131,14 @@ def test_train_diffusion_class_and_text_tiny(tmp_path, monkeypatch):
                                      text_encoder=encoder, hold_out=[0, 1, 2, 3, 4, 5])
     assert model.config.context_dim == 16
     assert all(trainer.dataset[i]["label"] >= 6 for i in range(len(trainer.dataset)))
-    with pytest.raises(ValueError, match="condition 'none', 'class' or 'text'"):
+    with pytest.raises(ValueError, match="condition one of 'none', 'class', 'text', got 'labels'"):
         train_diffusion(ae, preset="tiny", n_images=8, train_config=tc, condition="labels")
 
 
 def test_generate_guides_decodes_and_is_seeded():
     torch.manual_seed(0)
     ae = Autoencoder(AutoencoderConfig.tiny())
-    model = UNet(UNetConfig.tiny(num_classes=3, eps_skip_schedule=NoiseSchedule().config.to_dict())).eval()
+    model = UNet(UNetConfig.tiny(num_classes=3, eps_skip=True)).eval()
     cond = LabelCondition(3)
     labels = torch.tensor([0, 1, 2, 0, 1])
     a = generate(model, ae, cond.given(labels), cond.null(5), s=3.0, sampler=DDIM(NoiseSchedule(), steps=3),
@@ -169,7 +170,7 @@ def test_min_snr_weighting_by_hand():
 
 
 def test_train_diffusion_goes_on_from_a_saved_unet(tmp_path, monkeypatch):
-    monkeypatch.setattr("tinyldm.pretrained.BUILD_DIR", tmp_path)
+    monkeypatch.setattr("tinyldm.recipes.BUILD_DIR", tmp_path)
     ae = Autoencoder(AutoencoderConfig.tiny())
     tc = TrainConfig(steps=2, batch_size=4, warmup_steps=1, progress=False, ema_decay=None)
     first, _ = train_diffusion(ae, preset="tiny", n_images=8, train_config=tc, device="cpu", condition="class",

@@ -257,11 +257,11 @@ def test_overfits_one_batch():
 
 
 def test_eps_skip_starts_at_the_gaussian_optimum_and_round_trips(tmp_path):
-    # with eps_skip_schedule the untrained model predicts sqrt(1 - alpha_bar_t) x_t: the exact eps for x_0 ~ N(0, I)
+    # with eps_skip the untrained model predicts sqrt(1 - alpha_bar_t) x_t: the exact eps for x_0 ~ N(0, I)
     from tinyldm.schedule import NoiseSchedule, ScheduleConfig
 
     schedule = NoiseSchedule()
-    model = UNet(UNetConfig.tiny(eps_skip_schedule=ScheduleConfig.ddpm().to_dict()))
+    model = UNet(UNetConfig.tiny(eps_skip=True))
     x_t, t = torch.randn(3, 4, 8, 8), torch.tensor([1, 500, 1000])
     torch.testing.assert_close(model(x_t, t), (1 - schedule.alpha_bar[t]).sqrt().view(-1, 1, 1, 1) * x_t)
     model.save(tmp_path / "u.safetensors")

@@ -14,7 +14,6 @@ measures it from data and stores ``scale_factor = 1 / std(z)`` in the model, and
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import SavableModel
+from .layers import group_norm
 
 KIND = "autoencoder"
 
@@ -86,32 +86,6 @@ class AutoencoderConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def group_norm(channels: int, groups: int) -> nn.GroupNorm:
-    # a group count that divides the channel count, so narrow CPU models work with the same code
-    return nn.GroupNorm(math.gcd(groups, channels), channels, eps=1e-6)
-
-
-def strided_cnn(widths: tuple[int, ...], in_channels: int = 3, groups: int = 8) -> nn.Sequential:
-    """The small image encoders of the judge and the text encoder's image side: per width, a stride-2 conv and a
-    conv, each followed by GroupNorm and SiLU (``[b, in, H, W]`` -> ``[b, widths[-1], H / 2^k, W / 2^k]``)."""
-    layers, c = [], in_channels
-    for w in widths:
-        layers += [nn.Conv2d(c, w, 3, stride=2, padding=1), nn.GroupNorm(math.gcd(groups, w), w), nn.SiLU(),
-                   nn.Conv2d(w, w, 3, padding=1), nn.GroupNorm(math.gcd(groups, w), w), nn.SiLU()]
-        c = w
-    return nn.Sequential(*layers)
-
-
-def images_at(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Check ``[b, 3, H, W]`` images and resize them (bilinear, antialiased) to ``size`` x ``size`` if needed: the
-    fixed input size of the small image encoders."""
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"expected images [b, 3, H, W], got shape {list(images.shape)}")
-    if images.shape[-2:] != (size, size):
-        images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return images
 
 
 class ResBlock(nn.Module):

@@ -16,7 +16,9 @@ Every write goes to a temporary file in the same folder and is moved into place 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import pickle
 import os
 import tempfile
 from contextlib import contextmanager
@@ -53,6 +55,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_path` leaves when a process is killed mid-write (they are never
+    read: the file they would have replaced is intact). Returns what was removed."""
+    folder = Path(folder)
+    stale = [p for p in folder.glob(".*.tmp") if p.is_file()] if folder.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def save_model_file(path: str | os.PathLike, kind: str, config: dict[str, Any],
@@ -119,10 +131,26 @@ def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for foreign or corrupt files
-        raise CheckpointError(f"{path} is not a tinyldm training state ({type(e).__name__}: {e})") from e
+        if "weights_only" in str(e) or isinstance(e, pickle.UnpicklingError):
+            # torch's own message suggests weights_only=False: never do that with a file you were handed
+            reason = ("it holds pickled Python objects besides tensors and plain containers, and loading those "
+                      "could run code from the file, so tinyldm refuses")
+        else:
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"
+        raise CheckpointError(f"{path} is not a tinyldm training state ({reason}). Training states are written by "
+                              f"tinyldm's Trainer; start the run again with --restart to replace it.") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a tinyldm training state")
     return state
+
+
+def fingerprint(model: torch.nn.Module) -> str:
+    """A short hash of a model's weights, so a cache made with other weights is not reused."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 class SavableModel:
@@ -141,9 +169,39 @@ class SavableModel:
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu"):
-        """Load a file written by ``save``; the config comes from the file. Returns the model in eval mode."""
-        state, config, _ = load_model_file(path, cls.kind)
-        model = cls(cls.config_class(**config))
+        """Load a file written by ``save``; the config comes from the file. Returns the model in eval mode, with the
+        facts saved beside the weights (``extra``: steps, the command, partners' fingerprints) in ``model.info``."""
+        state, config, extra = load_model_file(path, cls.kind)
+        try:
+            model_config = cls.config_class(**config)
+        except TypeError as e:  # a field this version does not know, or lacks
+            raise CheckpointError(f"{path} holds a {cls.kind} config that this version of tinyldm cannot read "
+                                  f"({e}); make the file again with this version's training command") from None
+        model = cls(model_config)
         check_state_matches(path, model, state)
         model.load_state_dict(state)
+        model.info = {**extra, "path": str(path)}
         return model.to(map_location).eval()
+
+
+def check_partner(model: torch.nn.Module, partner: torch.nn.Module, key: str, what: str,
+                  allow_other: bool = False) -> None:
+    """Raise a CheckpointError when ``model`` was trained with another ``partner`` than this one.
+
+    A model file records the fingerprints of the frozen networks it was trained with (a UNet: the autoencoder whose
+    latents it learned, the text encoder whose hidden states it attends to) in its ``info[key]``. Another partner has
+    another latent space or embedding space, and the model's samples would be garbage, so the pairing is checked
+    unless ``allow_other`` (for experts who know the spaces agree). Models without the record pass.
+    """
+    info = getattr(model, "info", None) or {}
+    want = info.get(key)
+    if want is None or allow_other:
+        return
+    have = fingerprint(partner)
+    if want != have:
+        source = info.get("path", "this model")
+        raise CheckpointError(
+            f"{source} was trained with the {what} whose fingerprint is {want}, but the {what} given has fingerprint "
+            f"{have}: its outputs would not mean what the model learned. Use the {what} it was trained with "
+            f"(`tinyldm info {source}` shows the command that made it), or pass allow_other_{key}=True if you know "
+            f"the two agree (for example a decoder fine-tuned with the encoder frozen).")

@@ -7,8 +7,11 @@
     tinyldm train-text-encoder [options] train the offline CLIP-style text encoder on scene captions
     tinyldm info FILE                    what a tinyldm .safetensors file holds
 
-The small checkpoints in ``data/`` are made by these commands; ``data/README.md`` lists the exact
-command lines, so anyone can make them again.
+Each training command writes its model file into its run folder (``--run-dir``, under ``build/runs/``) unless
+``--out`` names another file: the course checkpoints in ``data/`` are replaced only when you say so. The small
+checkpoints in ``data/`` are made by these commands; ``data/README.md`` lists the exact command lines, so anyone can
+make them again. ``--seed`` fixes the initial weights and every random draw of training: the same command gives the
+same weights on the same machine.
 """
 
 from __future__ import annotations
@@ -20,7 +23,24 @@ import time
 from pathlib import Path
 
 from .config import BUILD_DIR, DATA_DIR
+from .recipes import CONDITIONS
 from .unet import PRESETS as UNET_PRESETS
+
+
+class UsageError(Exception):
+    """A command line that cannot run as given: printed as one line, exit status 2."""
+
+
+def _out(args) -> Path:
+    """Where the model file goes: --out, or model.safetensors in the run folder."""
+    return Path(args.out) if args.out else Path(args.run_dir) / "model.safetensors"
+
+
+def _existing(path: str, flag: str, command: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{flag} {path}: no such file. Make it with `{command}`, or pass the file you have.")
+    return path
 
 
 def _cmd_course(args) -> int:
@@ -54,7 +74,7 @@ def _cmd_course(args) -> int:
 
 
 def _cmd_train_autoencoder(args) -> int:
-    from .pretrained import train_autoencoder
+    from .recipes import train_autoencoder
     from .train import TrainConfig
 
     tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
@@ -63,64 +83,76 @@ def _cmd_train_autoencoder(args) -> int:
     ae, value = train_autoencoder(args.preset, size=args.size, crop=args.crop, whole_image_steps=args.whole_image_steps,
                                   max_objects=args.max_objects,
                                   n_images=args.n_images, train_config=tc, run_dir=args.run_dir,
-                                  resume=not args.restart, device=args.device, out=args.out,
+                                  resume=not args.restart, device=args.device, out=_out(args),
                                   init=args.init, kl_weight=args.kl_weight)
-    print(f"saved {args.out}: PSNR {value:.2f} dB on 256 held-out {args.size}px scenes, "
+    print(f"saved {_out(args)}: PSNR {value:.2f} dB on 256 held-out {args.size}px scenes, "
           f"scale_factor {ae.scale_factor.item():.4f}")
     return 0
 
 
 def _cmd_train_diffusion(args) -> int:
-    from .pretrained import course_autoencoder, train_diffusion
+    from .autoencoder import Autoencoder
+    from .recipes import train_diffusion
+    from .text import SceneCLIP
     from .train import TrainConfig
 
     tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
                      ema_decay=args.ema, ckpt_every=args.ckpt_every, precision=args.precision,
                      num_workers=args.workers, seed=args.seed, grad_accum=args.grad_accum,
                      cooldown_steps=args.cooldown)
-    ae = course_autoencoder(args.autoencoder)
+    ae = Autoencoder.load(_existing(args.autoencoder, "--autoencoder", "tinyldm train-autoencoder"))
     text_encoder = None
     if args.condition == "text":
-        from .pretrained import course_text_encoder
-        text_encoder = course_text_encoder(args.text_encoder)
+        path = _existing(args.text_encoder, "--text-encoder", "tinyldm train-text-encoder")
+        text_encoder = SceneCLIP.load(path).requires_grad_(False)
     hold_out = [int(v) for v in args.hold_out.split(",") if v.strip()] if args.hold_out else []
     model, trainer = train_diffusion(ae, args.preset, n_images=args.n_images, max_objects=args.max_objects,
                                      train_config=tc, run_dir=args.run_dir, resume=not args.restart,
-                                     device=args.device, out=args.out, sample_every=args.sample_every,
+                                     device=args.device, out=_out(args), sample_every=args.sample_every,
                                      condition=args.condition, text_encoder=text_encoder, p_uncond=args.p_uncond,
                                      hold_out=hold_out, snr_gamma=args.snr_gamma, init=args.init)
-    print(f"saved {args.out}: {model.num_parameters() / 1e6:.2f}M parameters, {trainer.step} steps")
+    print(f"saved {_out(args)}: {model.num_parameters() / 1e6:.2f}M parameters, {trainer.step} steps")
     return 0
 
 
 def _cmd_train_judge(args) -> int:
-    from .pretrained import train_judge
+    from .recipes import train_judge
     from .train import TrainConfig
 
     tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=50, ema_decay=None,
                      grad_clip=None, seed=args.seed)
-    _, acc = train_judge(tc, device=args.device, out=args.out)
-    print(f"saved {args.out}: reads all attributes right on {acc:.1%} of 1000 held-out scenes")
+    _, acc = train_judge(tc, device=args.device, out=_out(args))
+    print(f"saved {_out(args)}: reads all attributes right on {acc:.1%} of 1000 held-out scenes")
     return 0
 
 
 def _cmd_train_text_encoder(args) -> int:
-    from .pretrained import train_text_encoder
+    from .recipes import train_text_encoder
     from .train import TrainConfig
 
     tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=50, ema_decay=None,
                      seed=args.seed)
-    _, acc = train_text_encoder(tc, device=args.device, out=args.out)
-    print(f"saved {args.out}: zero-shot accuracy {acc:.1%} on 512 held-out scenes (24 prompts, chance 4.2%)")
+    _, acc = train_text_encoder(tc, device=args.device, out=_out(args))
+    print(f"saved {_out(args)}: zero-shot accuracy {acc:.1%} on 512 held-out scenes (24 prompts, chance 4.2%)")
     return 0
 
 
 def _cmd_info(args) -> int:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(args.file, framework="pt") as f:
-        meta = f.metadata() or {}
-        print(f"{args.file}: kind={meta.get('kind')!r}, {len(list(f.keys()))} tensors")
+    path = Path(args.file)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            n = len(list(f.keys()))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UsageError(f"{path} is not a readable safetensors file ({e}); it may be truncated or another format")
+    if meta.get("format") != "tinyldm":
+        print(f"{path}: a safetensors file with {n} tensors, not written by tinyldm (no format=tinyldm metadata)")
+        return 0
+    print(f"{path}: kind={meta.get('kind')!r}, {n} tensors")
     for key in ("config", "extra"):
         if key in meta:
             value = json.loads(meta[key])
@@ -163,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-dir", default=str(BUILD_DIR / "runs" / "autoencoder"),
                    help="training state goes here; an existing run is resumed")
     p.add_argument("--restart", action="store_true", help="ignore an existing run in --run-dir")
-    p.add_argument("--out", default=str(DATA_DIR / "autoencoder-course.safetensors"))
+    p.add_argument("--out", default=None, help=f"model file (default: RUN_DIR/model.safetensors; the course's is "
+                                              f"{DATA_DIR / 'autoencoder-course.safetensors'})")
     p.set_defaults(fn=_cmd_train_autoencoder)
 
     p = sub.add_parser("train-diffusion", help="train an eps-prediction UNet on cached latents (Algorithm 1)")
@@ -188,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample-every", type=int, default=1000, help="steps between sample grids in run-dir/samples")
     p.add_argument("--run-dir", default=str(BUILD_DIR / "runs" / "diffusion"))
     p.add_argument("--restart", action="store_true")
-    p.add_argument("--condition", default="none", choices=["none", "class", "text"],
+    p.add_argument("--condition", default="none", choices=CONDITIONS,
                    help="unconditional, class labels (with a null label) or captions (cross-attention)")
     p.add_argument("--p-uncond", type=float, default=0.1, help="condition dropout for classifier-free guidance")
     p.add_argument("--text-encoder", default=str(DATA_DIR / "text-scenes.safetensors"),
@@ -198,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hold-out", default="", help="class labels to leave out of training, e.g. 16,22")
     p.add_argument("--init", default=None,
                    help="go on training this saved UNet (fresh optimizer and lr schedule; its file sets the network)")
-    p.add_argument("--out", default=str(DATA_DIR / "unet-course.safetensors"))
+    p.add_argument("--out", default=None, help="model file (default: RUN_DIR/model.safetensors)")
     p.set_defaults(fn=_cmd_train_diffusion)
 
     p = sub.add_parser("train-judge", help="train the judge that scores generated scenes (metrics)")
@@ -207,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
-    p.add_argument("--out", default=str(DATA_DIR / "judge-scenes64.safetensors"))
+    p.add_argument("--run-dir", default=str(BUILD_DIR / "runs" / "judge"))
+    p.add_argument("--out", default=None, help="model file (default: RUN_DIR/model.safetensors)")
     p.set_defaults(fn=_cmd_train_judge)
 
     p = sub.add_parser("train-text-encoder", help="train the offline CLIP-style text encoder on scene captions")
@@ -216,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
-    p.add_argument("--out", default=str(DATA_DIR / "text-scenes.safetensors"))
+    p.add_argument("--run-dir", default=str(BUILD_DIR / "runs" / "text-encoder"))
+    p.add_argument("--out", default=None, help="model file (default: RUN_DIR/model.safetensors)")
     p.set_defaults(fn=_cmd_train_text_encoder)
 
     p = sub.add_parser("info", help="describe a tinyldm .safetensors file")
@@ -224,7 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=_cmd_info)
 
     args = parser.parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except UsageError as e:
+        print(f"tinyldm {args.command}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import os
 import random
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -65,3 +66,15 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Within the block, torch's global CPU generator starts from ``seed``; afterwards it is as it was.
+
+    For what draws from the global generator and should be repeatable without changing anything outside, such as
+    the random initial weights of a network: ``with seeded(0): model = UNet(config)`` gives the same weights on every
+    run, whatever ran before."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

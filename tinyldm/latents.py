@@ -8,7 +8,6 @@ with each item's label, caption and attributes in one safetensors file.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -16,18 +15,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .autoencoder import Autoencoder
-from .checkpoint import CheckpointError, load_model_file, save_model_file
+from .checkpoint import CheckpointError, fingerprint, load_model_file, save_model_file
 
 KIND = "latents"
-
-
-def fingerprint(model: torch.nn.Module) -> str:
-    """A short hash of a model's weights, so a cache made with other weights is not reused."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 class LatentDataset(Dataset):

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .autoencoder import images_at, strided_cnn
+from .layers import images_at, strided_cnn
 from .checkpoint import SavableModel
 from .data import COLORS, SHAPES, SIZES
 

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from .checkpoint import FORMAT, load_training_state, save_training_state
+from .checkpoint import FORMAT, CheckpointError, load_training_state, remove_stale_temporaries, save_training_state
 from .config import default_device
 from .schedule import NoiseSchedule
 
@@ -116,6 +116,12 @@ class EpsLoss:
         return (weight.view(-1, *[1] * (error.ndim - 1)) * error).mean(), {}
 
 
+def _model_config(model: nn.Module) -> dict | None:
+    """The model's config as a plain dict, if it has one (the course's networks do)."""
+    config = getattr(model, "config", None)
+    return config.to_dict() if hasattr(config, "to_dict") else None
+
+
 def _step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step) % 2**63
 
@@ -190,6 +196,8 @@ class Trainer:
             lr=c.lr, betas=c.adam_betas)
         self.ema = copy.deepcopy(model).eval().requires_grad_(False) if c.ema_decay is not None else None
         self.step, self.history = 0, []
+        if self.out_dir is not None:
+            remove_stale_temporaries(self.out_dir)  # half-written files of a run killed while saving
         if resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
             self.load_state(self.checkpoint_path)
 
@@ -202,7 +210,7 @@ class Trainer:
         return {"format": FORMAT, "step": self.step, "model": self.model.state_dict(),
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "optimizer": self.optimizer.state_dict(), "history": self.history,
-                "train_config": asdict(self.config)}
+                "train_config": asdict(self.config), "model_config": _model_config(self.model)}
 
     def save_state(self, path: str | Path | None = None) -> Path:
         path = path or self.checkpoint_path
@@ -211,12 +219,42 @@ class Trainer:
         return save_training_state(path, self.state_dict())
 
     def load_state(self, path: str | Path) -> None:
+        """Resume from a training state written by ``save_state``; a state of another run is refused with a message
+        that says what differs."""
         state = load_training_state(path)
+        self._check_same_run(path, state)
         self.model.load_state_dict(state["model"])
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.history = state["step"], list(state["history"])
+
+    def _check_same_run(self, path, state: dict) -> None:
+        differs = []
+        saved_model, model = state.get("model_config"), _model_config(self.model)
+        if saved_model is not None and model is not None:
+            differs += [f"model {k}: {saved_model.get(k)!r} there, {model.get(k)!r} now"
+                        for k in sorted(set(saved_model) | set(model)) if saved_model.get(k) != model.get(k)]
+        want = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+        have = {k: tuple(v.shape) for k, v in state["model"].items()}
+        if want != have and not differs:
+            n = len(set(want) ^ set(have)) + sum(want[k] != have[k] for k in set(want) & set(have))
+            differs.append(f"the network has another architecture ({n} weights differ in name or shape)")
+        if differs:
+            raise CheckpointError(
+                f"{path} is the training state of another run: " + "; ".join(differs[:6])
+                + ("; ..." if len(differs) > 6 else "")
+                + ". Run again with --restart to start this run over (the old state is replaced), or pick another "
+                  "--run-dir to keep both.")
+        saved_train = state.get("train_config", {})
+        changed = [k for k in ("batch_size", "grad_accum", "seed") if k in saved_train
+                   and saved_train[k] != getattr(self.config, k)]
+        if changed:
+            raise CheckpointError(
+                f"{path} was trained with " + ", ".join(f"{k}={saved_train[k]!r}" for k in changed)
+                + " and this run asks for " + ", ".join(f"{k}={getattr(self.config, k)!r}" for k in changed)
+                + ": resuming would not give the run either setting describes. Use the same settings, --restart, "
+                  "or another --run-dir.")
 
     # -- the loop ---------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -285,12 +323,16 @@ class Trainer:
     def _check_loss(self, value: float, step: int, what: str = "loss") -> None:
         if math.isfinite(value) and (what != "loss" or value <= self.config.max_loss):
             return
-        kept = (f"the last good checkpoint is kept at {self.checkpoint_path}"
-                if self.checkpoint_path is not None and self.checkpoint_path.exists()
-                else "no checkpoint was written (set out_dir to keep one)")
+        if self.checkpoint_path is None:
+            kept = "no checkpoint is kept (give the Trainer an out_dir to keep one)"
+        elif self.checkpoint_path.exists():
+            kept = f"the last good checkpoint is kept at {self.checkpoint_path}"
+        else:
+            kept = f"no checkpoint was written yet (the first comes at step {self.config.ckpt_every})"
         raise TrainingDiverged(
             f"{what} became {value} at step {step + 1} (max_loss={self.config.max_loss}); {kept}. "
-            f"Try a lower lr (now {self.config.lr}), more warm-up, or gradient clipping.")
+            f"Try a lower lr (now {self.config.lr}), more warm-up, or gradient clipping; and check the data "
+            f"(NaN or inf values, images outside [-1, 1], latents that were not scaled).")
 
     @torch.no_grad()
     def _update_ema(self, step: int) -> None:

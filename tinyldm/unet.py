@@ -10,7 +10,8 @@ is that network, shaped as in LDM (Rombach et al. 2022, appendix) and Stable Dif
 How the conditioning enters:
 
 * t: a sinusoidal embedding (:func:`timestep_embedding`) through Linear-SiLU-Linear gives ``emb`` ``[b, 4 * base]``,
-  which every res block projects to its width and adds to its feature map.
+  which every res block projects to its width: a scale and shift of its normalised feature map (``scale_shift``, the
+  course models) or a shift added before the norm (SD v1).
 * class labels y (``num_classes``): an embedding table *added* to ``emb``, as in LDM's and ADM's class-conditional
   models. The table has one extra row, y = ``num_classes``, the null label of the unconditional model that
   classifier-free guidance trains by label dropout.
@@ -41,8 +42,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .autoencoder import group_norm  # one rule for GroupNorm groups in every network: gcd(groups, channels)
-from .checkpoint import SavableModel
+from .layers import group_norm  # one rule for GroupNorm groups in every network: gcd(groups, channels)
+from .checkpoint import SavableModel, check_partner
 from .schedule import NoiseSchedule, ScheduleConfig
 
 __all__ = ["UNetConfig", "UNet", "timestep_embedding"]
@@ -59,29 +60,38 @@ class UNetConfig:
     """Shape of the UNet. Level i has width ``base_channels * channel_mult[i]`` and runs at
     ``[h / 2**i, w / 2**i]``; inputs must have h and w divisible by :attr:`downsample`."""
 
+    # The defaults are the course model (``UNetConfig.course()``): a small UNet for [b, 4, 16, 16] latents that sees
+    # t and y at every block (8 GroupNorm groups and scale-shift, see ``scale_shift``).
     in_channels: int = 4
     out_channels: int = 4
-    base_channels: int = 64
-    channel_mult: tuple[int, ...] = (1, 2, 2)
-    num_res_blocks: int = 2
+    base_channels: int = 16
+    channel_mult: tuple[int, ...] = (1, 2, 4)
+    num_res_blocks: int = 1
     attention_levels: tuple[int, ...] = (1, 2)  # a transformer block after each res block at these levels
     head_dim: int = 32  # heads = width // head_dim (at least 1) ...
     num_heads: int | None = None  # ... unless this is set: the same number of heads at every level (SD v1: 8)
     context_dim: int | None = None  # cross-attention to a context [b, L, context_dim] when set
     num_classes: int | None = None  # class-conditional when set; label num_classes is the null label
     dropout: float = 0.0
-    norm_groups: int = 32  # GroupNorm groups (at most: gcd(norm_groups, width), see autoencoder.group_norm)
-    # how emb enters a res block: False adds Linear(emb) per channel before the second GroupNorm (LDM, SD v1);
-    # True scales and shifts after it, h = norm(h) * (1 + scale) + shift (ADM's "scale-shift norm"). Narrow models
-    # need True: with one or two channels per group the norm subtracts an added per-channel shift again.
-    scale_shift: bool = False
+    norm_groups: int = 8  # GroupNorm groups (at most: gcd(norm_groups, width), see layers.group_norm)
+    # how emb enters a res block: True scales and shifts after the second GroupNorm, h = norm(h) * (1 + scale) + shift
+    # (ADM's "scale-shift norm"); False adds Linear(emb) per channel before it (LDM, SD v1). Narrow models need True:
+    # with one or two channels per group the norm subtracts an added per-channel shift again.
+    scale_shift: bool = True
     time_embed_mult: int = 4  # emb width = time_embed_mult * base_channels
-    # eps skip (see UNet.forward): the schedule as ScheduleConfig fields, e.g. {"kind": "linear", "T": 1000, ...}
-    eps_skip_schedule: dict | None = None
+    # The noise schedule the model is trained with, as ScheduleConfig fields (diffusers saves a scheduler config next
+    # to its UNet for the same reason): the samplers use it by default (``UNet.schedule``).
+    schedule: dict = dataclasses.field(default_factory=lambda: ScheduleConfig.ddpm().to_dict())
+    # eps skip (see UNet.forward): eps_theta = sqrt(1 - alpha_bar_t) x_t + F, with alpha_bar from ``schedule``
+    eps_skip: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
         object.__setattr__(self, "attention_levels", tuple(self.attention_levels))
+        try:  # validated (and normalised: "kind" as its string) by ScheduleConfig itself
+            object.__setattr__(self, "schedule", ScheduleConfig(**self.schedule).to_dict())
+        except TypeError as e:
+            raise ValueError(f"schedule must be a dict of ScheduleConfig fields, got {self.schedule!r} ({e})") from None
         for name in ("in_channels", "out_channels", "base_channels", "num_res_blocks", "head_dim", "norm_groups",
                      "time_embed_mult"):
             value = getattr(self, name)
@@ -133,7 +143,7 @@ class UNetConfig:
     def tiny(cls, **overrides) -> "UNetConfig":
         """For tests and fast mode: two levels of width 8/16, attention at the lower one, ~60k parameters."""
         return cls(**{"base_channels": 8, "channel_mult": (1, 2), "num_res_blocks": 1, "attention_levels": (1,),
-                      "head_dim": 8, "norm_groups": 4, "scale_shift": True, **overrides})
+                      "head_dim": 8, "norm_groups": 4, **overrides})
 
     @classmethod
     def course(cls, **overrides) -> "UNetConfig":
@@ -147,9 +157,7 @@ class UNetConfig:
         Narrow widths need two changes from SD's defaults: 8 GroupNorm groups (2 to 8 channels each, not 1), and
         t and y entering by scale and shift after the norm (``scale_shift``); with SD's additive embedding and
         one channel per group, GroupNorm subtracted the embedding again and the model saw neither t nor y."""
-        return cls(**{"base_channels": 16, "channel_mult": (1, 2, 4), "num_res_blocks": 1,
-                      "attention_levels": (1, 2), "head_dim": 32, "norm_groups": 8, "scale_shift": True,
-                      **overrides})
+        return cls(**overrides)  # the defaults
 
     @classmethod
     def course_large(cls, **overrides) -> "UNetConfig":
@@ -165,7 +173,8 @@ class UNetConfig:
         """Stable Diffusion v1's UNet: widths 320/640/1280/1280, 8 heads everywhere, CLIP ViT-L/14 context
         ``[b, 77, 768]``; ~860M parameters. Runs on latents ``[b, 4, 64, 64]`` (512 px images at f = 8)."""
         return cls(**{"base_channels": 320, "channel_mult": (1, 2, 4, 4), "num_res_blocks": 2,
-                      "attention_levels": (0, 1, 2), "num_heads": 8, "context_dim": 768, **overrides})
+                      "attention_levels": (0, 1, 2), "num_heads": 8, "context_dim": 768, "norm_groups": 32,
+                      "scale_shift": False, "schedule": ScheduleConfig.stable_diffusion().to_dict(), **overrides})
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "UNetConfig":
@@ -206,10 +215,13 @@ def _zero(module: nn.Module) -> nn.Module:
 class ResBlock(nn.Module):
     """x ``[b, c_in, h, w]``, emb ``[b, emb_dim]`` -> ``[b, c_out, h, w]``.
 
-    GroupNorm, SiLU, conv3x3, + Linear(SiLU(emb)) added per channel, GroupNorm, SiLU, dropout, conv3x3 (zero-init),
-    plus a skip (1x1 conv when the width changes). The time embedding is *added* (LDM and SD v1 do this; ADM's
-    scale-shift through the second norm is slightly better in FID but doubles the projection): one line to explain,
-    and the layer layout, hence the parameter count, is SD v1's.
+    GroupNorm, SiLU, conv3x3, then the embedding Linear(SiLU(emb)) enters, GroupNorm, SiLU, dropout, conv3x3
+    (zero-init), plus a skip (1x1 conv when the width changes). How the embedding enters (``scale_shift``):
+
+    * True (the course models, ADM): scale and shift after the second norm, h = norm(h) * (1 + scale) + shift; the
+      norm cannot undo it, so it works at any number of channels per group.
+    * False (LDM, SD v1): added per channel before the second norm; GroupNorm removes the part of the shift shared by
+      a group's channels, so it needs many channels per group (SD v1 has 10 to 40).
     """
 
     def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int, dropout: float, scale_shift: bool = False):
@@ -387,11 +399,29 @@ class UNet(SavableModel, nn.Module):
         self.up = nn.ModuleList(up)
         # zero conv: the untrained model predicts eps = 0 exactly, a stable start (loss E[eps^2] = 1)
         self.out = nn.Sequential(group_norm(c, g), nn.SiLU(), _zero(nn.Conv2d(c, cfg.out_channels, 3, padding=1)))
-        if cfg.eps_skip_schedule is not None:
-            alpha_bar = NoiseSchedule(ScheduleConfig(**cfg.eps_skip_schedule)).alpha_bar
-            self.register_buffer("eps_skip", (1 - alpha_bar).sqrt(), persistent=False)  # [T + 1], by t
+        if cfg.eps_skip:
+            self.register_buffer("eps_skip", self.schedule.sqrt_one_minus_alpha_bar.clone(), persistent=False)  # [T+1]
         else:
             self.eps_skip = None
+
+    @classmethod
+    def load(cls, path, map_location="cpu", autoencoder: nn.Module | None = None,
+             text_encoder: nn.Module | None = None, allow_other_autoencoder: bool = False,
+             allow_other_text_encoder: bool = False) -> "UNet":
+        """Load a UNet file; with ``autoencoder`` (and ``text_encoder``) also check that they are the ones it was
+        trained with (their fingerprints are in the file), raising a CheckpointError if not. A latent UNet paired
+        with another autoencoder decodes to garbage; ``allow_other_autoencoder=True`` skips the check."""
+        model = super().load(path, map_location)
+        if autoencoder is not None:
+            check_partner(model, autoencoder, "autoencoder", "autoencoder", allow_other_autoencoder)
+        if text_encoder is not None:
+            check_partner(model, text_encoder, "text_encoder", "text encoder", allow_other_text_encoder)
+        return model
+
+    @property
+    def schedule(self) -> NoiseSchedule:
+        """The noise schedule this model is trained with (``config.schedule``): what samplers should use."""
+        return NoiseSchedule(ScheduleConfig(**self.config.schedule))
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,187 @@
+"""Real images: a folder of image files (FFHQ, CelebA-HQ, your photos), torchvision datasets, and random crops.
+
+Every dataset returns the same dict per item as :class:`tinyldm.data.Scenes` (``"image"`` float32 ``[3, H, W]`` in
+[-1, 1], ``"label"``, ``"caption"``), so the same training loop runs on any of them. Real images have no labels or
+captions: they return label 0 and caption "" and so batch exactly like scenes for unconditional training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+
+from .scenes import DataError
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "TorchvisionImages", "to_tensor_image", "to_pil_image",
+           "resize_center_crop", "prepare_image", "random_crops"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+def _check_image_size(size: Any) -> int:
+    ok = isinstance(size, (int, np.integer)) and not isinstance(size, bool)
+    if not (ok and 8 <= size <= 2048 and size % 8 == 0):
+        raise DataError("size must be a multiple of 8 in [8, 2048] (the course's "
+                        f"autoencoders downsample by up to 8), got {size!r}")
+    return int(size)
+
+
+def to_tensor_image(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Convert an image to a float32 tensor ``[3, H, W]`` in [-1, 1].
+
+    Accepts a PIL image (any mode; converted to RGB, alpha dropped), a numpy array
+    ``[H, W]`` / ``[H, W, C]`` (HWC, as PIL and matplotlib lay it out), or a torch
+    tensor ``[H, W]`` / ``[C, H, W]`` (CHW, as torchvision does), with C in 1, 3, 4.
+    uint8 values are read as [0, 255], floats as [0, 1].
+    """
+    if isinstance(image, Image.Image):
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        image = np.asarray(image)
+    if isinstance(image, np.ndarray):
+        array = torch.from_numpy(np.array(image))  # a copy: PIL's arrays are read-only
+        if array.ndim == 3:
+            array = array.permute(2, 0, 1)
+    elif isinstance(image, torch.Tensor):
+        array = image.detach().cpu()
+    else:
+        raise DataError(f"expected a PIL image, numpy array or torch tensor, got {type(image).__name__}")
+
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3 or array.shape[0] not in (1, 3, 4):
+        raise DataError("expected an image with 1, 3 or 4 channels (HWC for numpy, CHW for "
+                        f"torch), got shape {tuple(image.shape)}")
+    array = array[:3].expand(3, -1, -1)  # grey -> RGB, RGBA -> RGB
+    if array.dtype == torch.uint8:
+        return array.float().div_(127.5).sub_(1.0)
+    if not array.dtype.is_floating_point:
+        raise DataError(f"expected uint8 or floating-point pixels, got {array.dtype}")
+    return array.float().mul(2.0).sub_(1.0).clamp_(-1.0, 1.0)
+
+
+def to_pil_image(image: Image.Image | np.ndarray | torch.Tensor) -> Image.Image:
+    """Any input of ``to_tensor_image`` as an 8-bit RGB PIL image."""
+    if isinstance(image, Image.Image):
+        return image if image.mode == "RGB" else image.convert("RGB")
+    pixels = (to_tensor_image(image) + 1.0).mul_(127.5).round_().clamp_(0, 255)
+    return Image.fromarray(pixels.to(torch.uint8).permute(1, 2, 0).numpy(), mode="RGB")
+
+
+def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
+    """Scale so the shorter side is ``size`` (bicubic, antialiased when shrinking)
+    and crop the centre ``size x size`` square; returns an RGB image."""
+    image = ImageOps.exif_transpose(image)  # phone photos store rotation in EXIF
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    w, h = image.size
+    side = min(w, h)
+    # Resizing just the central square is the same as resize-then-crop, in one pass.
+    box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+    return image.resize((size, size), Image.Resampling.BICUBIC, box=box)
+
+
+def prepare_image(image: Image.Image | np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
+    """``resize_center_crop`` then ``to_tensor_image``: float32 [3, size, size] in [-1, 1]."""
+    return to_tensor_image(resize_center_crop(to_pil_image(image), size))
+
+
+class ImageFolder(Dataset):
+    """Every image under ``root`` (recursively, sorted by path; files and folders
+    starting with "." are skipped), resized and centre-cropped to ``size x size``.
+
+    Items: {"image": float32 [3, size, size] in [-1, 1], "label": 0, "caption": "",
+    "path": str}. Label 0 and the empty caption make it batch like ``Scenes`` for
+    unconditional training. ``size`` must be a multiple of 8 in [8, 2048].
+    """
+
+    def __init__(self, root: str | Path, size: int,
+                 extensions: Sequence[str] = IMAGE_EXTENSIONS):
+        self.size = _check_image_size(size)
+        if isinstance(extensions, str):
+            extensions = (extensions,)
+        self.extensions = tuple("." + e.lower().lstrip(".") for e in extensions)
+        if not self.extensions:
+            raise DataError("extensions must name at least one file extension, got none")
+        self.root = Path(root)
+        if not self.root.exists():
+            raise DataError(f"image folder {self.root} does not exist")
+        if not self.root.is_dir():
+            raise DataError(f"{self.root} is a file, expected a folder of images")
+        # Hidden files include macOS "._name.jpg" resource forks, which are not images.
+        self.paths = sorted(
+            p for p in self.root.rglob("*")
+            if p.suffix.lower() in self.extensions and p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(self.root).parts)
+        )
+        if not self.paths:
+            raise DataError(f"no images with extensions {', '.join(self.extensions)} "
+                            f"found under {self.root}")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path = self.paths[index]
+        try:
+            with Image.open(path) as image:
+                image.load()  # decode now, so corrupt files fail here with their name
+                tensor = prepare_image(image, self.size)
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise DataError(f"cannot read image file {path}: {e}") from e
+        return {"image": tensor, "label": 0, "caption": "", "path": str(path)}
+
+
+class TorchvisionImages(Dataset):
+    """Adapter for a torchvision-style dataset yielding (image, target) pairs,
+    image a PIL image / array / tensor (see ``to_tensor_image``) and target an
+    int class. Items: {"image": float32 [3, size, size] in [-1, 1],
+    "label": int(target), "caption": ""}; same resize/crop as ``ImageFolder``.
+    """
+
+    def __init__(self, dataset: Dataset, size: int):
+        self.dataset = dataset
+        self.size = _check_image_size(size)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.dataset[index]
+        if not (isinstance(item, (tuple, list)) and len(item) == 2):
+            raise DataError(f"expected the wrapped dataset to yield (image, target) pairs, "
+                            f"got {type(item).__name__} at index {index}")
+        image, target = item
+        try:
+            label = int(target)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise DataError(f"expected an integer class target, got {target!r} at index {index}") from e
+        return {"image": prepare_image(image, self.size), "label": label, "caption": ""}
+
+
+def random_crops(batch: dict[str, Any], size: int, generator: torch.Generator | None = None) -> dict[str, Any]:
+    """The batch with ``"image"`` ``[b, 3, H, W]`` (and ``"masks"`` ``[b, k, H, W]``, if any) cropped to
+    ``[..., size, size]``, each item at its own random position drawn from ``generator``.
+
+    Meant for the loss of a training step: the Trainer's generator is seeded by (seed, step), so an item gets a new
+    crop every time it comes round (every epoch) and a run, or a resumed run, crops exactly the same way again.
+    Fully convolutional networks such as the autoencoder learn the same local statistics from crops at a fraction of
+    the cost; labels and captions still describe the whole image.
+    """
+    images = batch["image"]
+    b, _, h, w = images.shape
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= min(h, w):
+        raise DataError(f"expected a crop size in 1..{min(h, w)} for {h}x{w} images, got {size!r}")
+    device = generator.device if generator is not None else "cpu"
+    top = torch.randint(0, h - size + 1, (b,), generator=generator, device=device).tolist()
+    left = torch.randint(0, w - size + 1, (b,), generator=generator, device=device).tolist()
+    out = dict(batch)
+    for key in ("image", "masks"):
+        if key in batch:
+            out[key] = torch.stack([x[..., i:i + size, j:j + size] for x, i, j in zip(batch[key], top, left)])
+    return out

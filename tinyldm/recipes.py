@@ -1,0 +1,266 @@
+"""The training recipes behind the ``tinyldm train-*`` commands: data, model, trainer and evaluation, in one call each.
+
+Each function trains one network of the course on the procedural scenes with the project's Trainer and returns it
+(with a figure of merit); with ``out`` it also writes a model file. The course checkpoints in ``data/`` are made by
+exactly these functions (``data/README.md`` lists the command lines), so anyone can make them again. A run is a
+function of its arguments: the initial weights come from ``train_config.seed``, and every random draw of a training
+step from (seed, step), so the same command gives the same weights, fresh or resumed after a kill.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from .autoencoder import Autoencoder, AutoencoderConfig, autoencoder_loss, reconstruction_psnr
+from .checkpoint import fingerprint
+from .conditioning import LabelCondition, TextCondition
+from .config import BUILD_DIR, default_device, seeded
+from .data import NUM_CLASSES, Scenes, class_name, label_of, random_crops
+from .latents import LatentDataset, load_or_encode
+from .metrics import Judge, JudgeConfig, attribute_accuracy, judge_loss
+from .pipeline import generate
+from .sample import DDIM
+from .schedule import NoiseSchedule, ScheduleConfig
+from .text import SceneCLIP, SceneCLIPConfig, clip_loss
+from .train import EpsLoss, TrainConfig, Trainer
+from .unet import UNet, UNetConfig
+from .viz import image_grid
+
+__all__ = ["train_autoencoder", "train_judge", "train_text_encoder", "train_diffusion", "zero_shot_accuracy",
+           "held_out_scenes", "course_latents", "without_labels", "SampleGrids", "TEXT_HOLD_OUT", "CONDITIONS"]
+
+CONDITIONS = ("none", "class", "text")
+
+# (shape, colour) pairs the text model never sees together in training: "a yellow triangle", "a blue star"
+TEXT_HOLD_OUT = (label_of("triangle", "yellow"), label_of("star", "blue"))
+
+
+def _command() -> str:
+    return " ".join(["tinyldm", *sys.argv[1:]])
+
+
+def held_out_scenes(size: int = 64, n: int = 256, max_objects: int = 2) -> torch.Tensor:
+    """``[n, 3, size, size]`` scenes from seed 1, never seen in training (which uses seed 0)."""
+    scenes = Scenes(size=size, length=n, seed=1, max_objects=max_objects)
+    return torch.stack([scenes[i]["image"] for i in range(n)])
+
+
+def _cropped(size: int):
+    """autoencoder_loss on random ``size`` x ``size`` crops, drawn afresh every step from the step's generator."""
+    def loss(model, batch, generator):
+        return autoencoder_loss(model, random_crops(batch, size, generator), generator)
+    return loss
+
+
+def train_autoencoder(preset: str = "course", size: int = 64, crop: int | None = 32, whole_image_steps: int = 400,
+                      max_objects: int = 2, n_images: int = 50_000, train_config: TrainConfig | None = None,
+                      run_dir: str | Path | None = None, resume: bool = True, device=None,
+                      out: str | Path | None = None, n_eval: int = 256, init: str | Path | None = None,
+                      kl_weight: float | None = None) -> tuple[Autoencoder, float]:
+    """Train an autoencoder on procedural scenes (seed 0), then fit its scale factor and measure its
+    PSNR on held-out whole scenes.
+
+    ``init`` fine-tunes a saved autoencoder instead of starting from random weights (its file gives the
+    architecture; ``preset`` is then not used). ``kl_weight`` overrides the config's weight of the KL term.
+
+    With ``crop``, all but the last ``whole_image_steps`` steps train on random ``crop`` x ``crop``
+    crops of ``size`` px images (a quarter of the cost at 32 of 64 px), and the last ones on whole
+    images: GroupNorm normalises over the whole feature map, so its statistics on a crop differ from
+    those on a whole image, and a model that only saw crops reconstructs whole images worse (seen
+    here: 30.5 dB on crops, 23.2 dB on whole images after 4000 crop steps).
+
+    Returns (the EMA model on the CPU, PSNR in dB); with ``out`` also saves it there.
+    """
+    train_config = train_config or TrainConfig(steps=4400, batch_size=32, lr=1e-3, warmup_steps=100)
+    data = Scenes(size=size, length=n_images, seed=0, max_objects=max_objects)
+    phases = [(autoencoder_loss, train_config.steps)]  # (loss, train until this step)
+    if crop:
+        phases.insert(0, (_cropped(crop), train_config.steps - whole_image_steps))
+    with seeded(train_config.seed):
+        model = Autoencoder.load(init) if init is not None else Autoencoder(AutoencoderConfig.preset(preset))
+    if kl_weight is not None:
+        model.config = dataclasses.replace(model.config, kl_weight=kl_weight)
+    trainer = Trainer(model.train(), phases[0][0], data, train_config, out_dir=run_dir, resume=resume, device=device)
+    if trainer.step:
+        print(f"resuming {run_dir} at step {trainer.step}")
+    for loss_fn, until in phases:
+        if trainer.step < until:
+            trainer.loss_fn = loss_fn
+            trainer.fit(steps=until - trainer.step)
+    ae = (trainer.ema if trainer.ema is not None else trainer.model).cpu().eval()
+    held_out = held_out_scenes(size, n_eval, max_objects)
+    ae.fit_scale_factor(held_out)
+    value = reconstruction_psnr(ae, held_out)
+    if out is not None:
+        ae.save(out, psnr=round(value, 3), steps=trainer.step, image_size=size, crop=crop,
+                whole_image_steps=whole_image_steps, init=str(init) if init is not None else None,
+                seed=train_config.seed, command=_command())
+    return ae, value
+
+
+def train_judge(train_config: TrainConfig | None = None, n_images: int = 50_000, device=None,
+                out: str | Path | None = None, n_eval: int = 1000) -> tuple[Judge, float]:
+    """Train the judge of ``tinyldm.metrics`` on one-object 64 px scenes (seed 0) and measure its
+    accuracy (all attributes right) on held-out scenes (seed 1). Returns (judge, accuracy)."""
+    train_config = train_config or TrainConfig(steps=3000, batch_size=64, lr=2e-3, warmup_steps=50,
+                                               ema_decay=None, grad_clip=None)
+    data = Scenes(size=64, length=n_images, seed=0, max_objects=1)
+    with seeded(train_config.seed):
+        judge = Judge(JudgeConfig())
+    trainer = Trainer(judge, judge_loss, data, train_config, device=device)
+    trainer.fit()
+    judge = trainer.model.cpu().eval()
+    held_out = Scenes(size=64, length=n_eval, seed=1, max_objects=1)
+    items = [held_out[i] for i in range(n_eval)]
+    acc = attribute_accuracy(judge, torch.stack([it["image"] for it in items]),
+                             torch.stack([it["attributes"][0] for it in items]))
+    if out is not None:
+        judge.save(out, accuracy=acc, steps=trainer.step, seed=train_config.seed, command=_command())
+    return judge, acc["all"]
+
+
+def train_text_encoder(train_config: TrainConfig | None = None, n_images: int = 50_000, max_objects: int = 2,
+                       config: SceneCLIPConfig | None = None, device=None, out: str | Path | None = None,
+                       n_eval: int = 512) -> tuple[SceneCLIP, float]:
+    """Train the offline text encoder (:class:`tinyldm.text.SceneCLIP`) contrastively on (scene, caption)
+    pairs (seed 0; 1 to ``max_objects`` objects). Returns (the model, its zero-shot accuracy: how often a
+    held-out one-object scene is closest to the right one of the 24 prompts "a {colour} {shape}", chance 1/24)."""
+    train_config = train_config or TrainConfig(steps=1000, batch_size=64, lr=1e-3, warmup_steps=50, ema_decay=None)
+    data = Scenes(size=64, length=n_images, seed=0, max_objects=max_objects)
+    with seeded(train_config.seed):
+        model = SceneCLIP(config)
+    trainer = Trainer(model, clip_loss, data, train_config, device=device)
+    trainer.fit()
+    model = trainer.model.cpu().eval()
+    acc = zero_shot_accuracy(model, n_eval)
+    if out is not None:
+        model.save(out, zero_shot_accuracy=acc, n_eval=n_eval, steps=trainer.step, seed=train_config.seed,
+                   command=_command())
+    return model, acc
+
+
+@torch.no_grad()
+def zero_shot_accuracy(model: SceneCLIP, n: int = 512) -> float:
+    """CLIP's zero-shot classification on ``n`` held-out one-object scenes (seed 1): the share whose image
+    embedding is closest to the text embedding of their own class prompt "a {colour} {shape}"."""
+    held_out = Scenes(size=64, length=n, seed=1, max_objects=1)
+    items = [held_out[i] for i in range(n)]
+    img = model.image_embeds(torch.stack([it["image"] for it in items]))
+    txt = model.text_embeds([f"a {class_name(c)}" for c in range(NUM_CLASSES)])
+    labels = torch.tensor([it["label"] for it in items])
+    return (img @ txt.T).argmax(1).eq(labels).float().mean().item()
+
+
+def course_latents(ae: Autoencoder, n: int = 20_000, max_objects: int = 1, size: int = 64) -> LatentDataset:
+    """Cached latents of the first ``n`` training scenes (seed 0), under ``build/latents/``."""
+    scenes = Scenes(size=size, length=n, seed=0, max_objects=max_objects)
+    path = BUILD_DIR / "latents" / f"scenes{size}-{n}-obj{max_objects}-{fingerprint(ae)}.safetensors"
+    return load_or_encode(ae, scenes, path)
+
+
+class SampleGrids:
+    """Trainer callback: every ``every`` steps, sample ``n`` images with the EMA weights (DDIM, 20
+    steps, fixed noise so grids are comparable across steps) and save a PNG grid in ``folder``.
+
+    For a conditional model pass ``cond`` (model inputs for n samples, e.g. ``condition.given(labels)``) and
+    ``null`` (``condition.null(n)``): the grid is then guided with scale ``s``."""
+
+    def __init__(self, ae: Autoencoder, schedule: NoiseSchedule, folder: str | Path, every: int,
+                 latent_shape: tuple[int, int, int] = (4, 16, 16), n: int = 16, steps: int = 20,
+                 cond: dict | None = None, null: dict | None = None, s: float = 3.0):
+        self.ae, self.schedule, self.folder, self.every = ae, schedule, Path(folder), every
+        self.n, self.latent_shape, self.steps = n, latent_shape, steps
+        self.cond, self.null, self.s = cond, null, s
+
+    def __call__(self, trainer: Trainer, step: int) -> None:
+        if step % self.every:
+            return
+        import matplotlib.pyplot as plt
+
+        images = generate((trainer.ema or trainer.model).eval(), self.ae, self.cond, self.null, self.s, n=self.n,
+                          sampler=DDIM(self.schedule, steps=self.steps), latent_shape=self.latent_shape,
+                          device=trainer.device)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        plt.imsave(self.folder / f"step_{step:07d}.png", image_grid(images, nrow=int(len(images) ** 0.5)))
+
+
+def without_labels(dataset: LatentDataset, labels: Sequence[int]) -> Dataset:
+    """The items of ``dataset`` whose class label is not in ``labels`` (to hold combinations out of training)."""
+    keep = ~torch.isin(dataset.labels, torch.as_tensor(list(labels), dtype=torch.long))
+    return Subset(dataset, keep.nonzero().flatten().tolist())
+
+
+def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_000, max_objects: int = 1,
+                    train_config: TrainConfig | None = None, schedule: ScheduleConfig | None = None,
+                    run_dir: str | Path | None = None, resume: bool = True, device=None,
+                    out: str | Path | None = None, sample_every: int = 0, condition: str = "none",
+                    text_encoder=None, p_uncond: float = 0.1, hold_out: Sequence[int] = (),
+                    snr_gamma: float | None = None, init: str | Path | None = None) -> tuple[UNet, Trainer]:
+    """Train an eps-prediction UNet (Algorithm 1) on cached latents of ``ae``.
+
+    ``condition``: "none" (unconditional, ``model(x_t, t)``), "class" (class labels y, with a null label) or
+    "text" (captions through the frozen ``text_encoder``, by cross-attention). Conditional models drop y to
+    null with probability ``p_uncond`` so they can be guided. ``schedule``: the noise schedule (default DDPM's
+    linear one), saved in the UNet's config so that sampling uses it. ``snr_gamma``: Min-SNR loss weighting (see
+    EpsLoss). ``hold_out``: class labels (shape-colour pairs) left out of training, to test generalisation to new
+    combinations. ``init``: go on training a saved UNet (its file gives the network; ``preset`` is then not used)
+    with a fresh optimizer and lr schedule. The recipe's UNets use the eps skip (see :class:`tinyldm.unet.UNet`).
+
+    Returns (the EMA model on the CPU, the trainer); with ``out`` also saves the EMA model there, together with the
+    fingerprints of the autoencoder whose latents it learned (and of the text encoder), checked when it is loaded.
+    """
+    if condition not in CONDITIONS:
+        raise ValueError(f"expected condition one of {', '.join(map(repr, CONDITIONS))}, got {condition!r}")
+    train_config = train_config or TrainConfig(steps=8000, batch_size=64, lr=1e-3, warmup_steps=200,
+                                               ema_decay=0.999)
+    schedule = NoiseSchedule(schedule or ScheduleConfig.ddpm())
+    latents = course_latents(ae, n_images, max_objects)
+    data = without_labels(latents, hold_out) if hold_out else latents
+    shape = tuple(latents.latents.shape[1:])
+    n_grid, condition_, cond, null = 16, None, None, None
+    # every preset is told what this condition needs, and that it needs nothing else (sd_v1's CLIP context included)
+    needs = {"num_classes": None, "context_dim": None}
+    if condition == "class":
+        needs["num_classes"] = NUM_CLASSES
+        condition_ = LabelCondition(NUM_CLASSES, p_uncond)
+        cond, null = condition_.given(torch.arange(n_grid) % NUM_CLASSES), condition_.null(n_grid)
+    elif condition == "text":
+        if text_encoder is None:
+            raise ValueError("condition='text' needs a text_encoder (see tinyldm.text)")
+        needs["context_dim"] = text_encoder.dim
+        text_encoder.to(torch.device(device) if device is not None else default_device())  # where the UNet trains
+        condition_ = TextCondition(text_encoder, p_uncond)
+        prompts = [f"a {class_name(c % NUM_CLASSES)}" for c in range(n_grid)]
+        cond, null = condition_.given(prompts), condition_.null(n_grid)
+    needs.update(in_channels=shape[0], out_channels=shape[0], schedule=schedule.config.to_dict(), eps_skip=True)
+    if init is not None:
+        unet = UNet.load(init, autoencoder=ae)
+        for name, value in needs.items():
+            if getattr(unet.config, name) != value:
+                raise ValueError(f"{init} does not fit this run: {name} is {getattr(unet.config, name)!r} there, "
+                                 f"this run needs {value!r}")
+    else:
+        with seeded(train_config.seed):
+            unet = UNet(UNetConfig.preset(preset, **needs))
+    callbacks = [SampleGrids(ae, schedule, Path(run_dir) / "samples", sample_every, shape, n_grid, cond=cond,
+                             null=null)] if sample_every and run_dir is not None else []
+    trainer = Trainer(unet, EpsLoss(schedule, condition=condition_, snr_gamma=snr_gamma), data, train_config,
+                      out_dir=run_dir, resume=resume, device=device, callbacks=callbacks)
+    if trainer.step:
+        print(f"resuming {run_dir} at step {trainer.step}")
+    trainer.fit()
+    model = (trainer.ema if trainer.ema is not None else trainer.model).cpu().eval()
+    if out is not None:
+        model.save(out, autoencoder=fingerprint(ae), steps=trainer.step, data=repr(latents), condition=condition,
+                   p_uncond=p_uncond, hold_out=list(hold_out), snr_gamma=snr_gamma,
+                   init=str(init) if init is not None else None,
+                   text_encoder=fingerprint(text_encoder) if text_encoder is not None else None,
+                   final_loss=sum(h["loss"] for h in trainer.history[-100:]) / max(1, len(trainer.history[-100:])),
+                   seed=train_config.seed, command=_command())
+    return model, trainer
