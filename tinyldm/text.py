@@ -5,7 +5,8 @@ prompt is tokenised, padded to 77 tokens, and the ``[b, 77, 768]`` output goes t
 The course keeps that shape of the idea and offers two encoders with the same interface (:class:`TextEncoder`):
 
 * :class:`CLIPTextEncoder`: the real thing, ``transformers``' CLIPTextModel and tokenizer. It loads from a local
-  folder or the Hugging Face cache only (it never downloads); :func:`clip_download_hint` says how to get it.
+  folder or the Hugging Face cache only (it never downloads, nor touches the network); :func:`clip_download_hint`
+  says how to get it.
 * :class:`SceneCLIP`: the offline default, a small CLIP-style model (a text transformer and an image CNN trained
   contrastively on the procedural scenes' captions by ``tinyldm train-text-encoder``). Its text side gives
   ``[b, 40, 128]``; its image side will serve retrieval.
@@ -21,6 +22,7 @@ import math
 import re
 import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -31,7 +33,8 @@ from .autoencoder import images_at, strided_cnn
 from .checkpoint import SavableModel
 
 __all__ = ["TextEncoder", "WordTokenizer", "scene_vocabulary", "SceneCLIPConfig", "SceneCLIP", "clip_loss",
-           "CLIPTextEncoder", "clip_download_hint", "TextEncoderNotFound", "CLIP_VIT_L_14"]
+           "CLIPTextEncoder", "clip_download_hint", "TextEncoderNotFound", "CLIP_VIT_L_14", "CLIP_FILES",
+           "CLIP_DOWNLOAD"]
 
 CLIP_VIT_L_14 = "openai/clip-vit-large-patch14"
 
@@ -210,17 +213,73 @@ def clip_loss(model: SceneCLIP, batch: dict, generator: torch.Generator | None =
 
 # -- the real CLIP ---------------------------------------------------------------------------------
 
+# the files from_pretrained reads from a folder; a tuple lists alternatives (either weights file will do)
+CLIP_FILES = ("config.json", "vocab.json", "merges.txt", ("model.safetensors", "pytorch_model.bin"))
+# the files clip_download_hint asks for: CLIP_FILES, the tokenizer's settings (model_max_length 77) and the
+# special tokens
+CLIP_DOWNLOAD = ("config.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+                 "model.safetensors")
+
+
 class TextEncoderNotFound(FileNotFoundError):
-    """The CLIP weights are not on this machine (nothing is downloaded at run time)."""
+    """The CLIP files are not on this machine (nothing is downloaded at run time)."""
+
+
+def _hub_cache() -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)  # $HF_HUB_CACHE, else $HF_HOME/hub (default ~/.cache/huggingface/hub)
 
 
 def clip_download_hint(name: str = CLIP_VIT_L_14) -> str:
-    return (f"CLIP text weights {name!r} are not on this machine, and tinyldm never downloads at run time. Get "
-            f"them once (about 500 MB for the text model) with\n"
-            f"    huggingface-cli download {name} config.json tokenizer_config.json vocab.json merges.txt "
-            f"special_tokens_map.json model.safetensors\n"
-            f"(they go to the Hugging Face cache, where this loader finds them), or pass the path of a folder "
-            f"that holds those files.")
+    """How to get the files of ``name`` once, and where they go."""
+    size = (" For ViT-L/14 that is 1.7 GB: model.safetensors holds the whole CLIP, of which the loader keeps the "
+            "text transformer." if name == CLIP_VIT_L_14 else "")
+    return (f"tinyldm never downloads at run time; get the files once with\n"
+            f"    hf download {name} {' '.join(CLIP_DOWNLOAD)}\n"
+            f"(`huggingface-cli download` before huggingface_hub 0.34).{size} They go to the Hugging Face cache, "
+            f"{_hub_cache()}, where this loader finds them by the name {name!r}; or add --local-dir FOLDER to "
+            f"the command and pass the folder's path.")
+
+
+def _cached_snapshot(name: str) -> Path:
+    """The folder of hub model ``name`` in the Hugging Face cache, found on disk alone.
+
+    The cache keeps ``models--{org}--{model}/snapshots/{commit}/`` with ``refs/main`` naming the commit that was
+    downloaded. huggingface_hub's own look-ups (hf_hub_download, snapshot_download) may reach the network even
+    with ``local_files_only=True``, so the loader reads this layout itself.
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise TextEncoderNotFound(f"{name!r} is neither a folder nor a hub model id such as {CLIP_VIT_L_14!r}. "
+                                  + clip_download_hint()) from None
+    repo = _hub_cache() / ("models--" + name.replace("/", "--"))
+    ref = repo / "refs" / "main"
+    snapshot = repo / "snapshots" / ref.read_text().strip() if ref.is_file() else None
+    if snapshot is None or not snapshot.is_dir():
+        raise TextEncoderNotFound(f"CLIP text weights {name!r} are not on this machine (not in the Hugging Face "
+                                  f"cache). " + clip_download_hint(name))
+    return snapshot
+
+
+def _local_clip_folder(name_or_path: str) -> Path:
+    """``name_or_path`` if it is a folder, else its snapshot in the hub cache; checked to hold CLIP_FILES."""
+    folder = Path(name_or_path).expanduser()
+    is_folder = folder.is_dir()
+    if not is_folder:
+        folder = _cached_snapshot(name_or_path)
+    missing = []
+    for names in CLIP_FILES:
+        names = names if isinstance(names, tuple) else (names,)
+        if not any((folder / n).is_file() for n in names):
+            missing.append(" or ".join(names))
+    if missing:
+        raise TextEncoderNotFound(f"{folder} lacks {', '.join(missing)}. "
+                                  + clip_download_hint(CLIP_VIT_L_14 if is_folder else name_or_path))
+    return folder
 
 
 class CLIPTextEncoder(TextEncoder):
@@ -239,17 +298,18 @@ class CLIPTextEncoder(TextEncoder):
     @classmethod
     def from_pretrained(cls, name_or_path: str = CLIP_VIT_L_14, device=None,
                         dtype: torch.dtype | None = None) -> "CLIPTextEncoder":
-        """Load from a local folder or the Hugging Face cache (``local_files_only``: never downloads).
+        """Load from a folder or the Hugging Face cache, without any network access, whatever the environment.
 
-        Raises :class:`TextEncoderNotFound`, with the command that gets the files, when they are not there.
+        ``name_or_path`` is a folder that holds :data:`CLIP_FILES`, or a hub model id (``"org/name"``) whose
+        files are in the cache. Raises :class:`TextEncoderNotFound`, with the command that gets the files, when
+        they are not there, naming the missing files of a folder that lacks some.
         """
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        try:
-            tokenizer = CLIPTokenizer.from_pretrained(name_or_path, local_files_only=True)
-            model = CLIPTextModel.from_pretrained(name_or_path, local_files_only=True, torch_dtype=dtype)
-        except OSError as e:  # transformers raises OSError (or a subclass) for missing files
-            raise TextEncoderNotFound(clip_download_hint(name_or_path)) from e
+        folder = str(_local_clip_folder(name_or_path))
+        # given a folder, transformers reads its files and never calls the hub
+        tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+        model = CLIPTextModel.from_pretrained(folder, local_files_only=True, torch_dtype=dtype)
         return cls(model, tokenizer).to(device or "cpu")
 
     def _encode(self, prompts, truncate):
