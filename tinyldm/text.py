@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .autoencoder import images_at, strided_cnn
+from .layers import images_at, strided_cnn
 from .checkpoint import SavableModel
 
 __all__ = ["TextEncoder", "WordTokenizer", "scene_vocabulary", "SceneCLIPConfig", "SceneCLIP", "clip_loss",
