@@ -23,6 +23,8 @@ def test_seed_shape_256_to_4x32x32():
     z = Autoencoder(cfg).to_latent(torch.zeros(1, 3, 256, 256))
     assert tuple(z.shape) == (1, 4, 32, 32)
     assert Autoencoder(AutoencoderConfig.sd()).latent_shape((1, 3, 256, 256)) == (1, 4, 32, 32)
+    with torch.device("meta"):  # diffusers' AutoencoderKL for Stable Diffusion v1 has exactly 83,653,863 parameters
+        assert sum(p.numel() for p in Autoencoder(AutoencoderConfig.sd()).parameters()) == 83_653_863
 
 
 def test_bad_inputs_name_expected_and_actual():
@@ -48,11 +50,18 @@ def test_kl_matches_torch_distributions():
 
 
 def test_sample_is_reparameterised_and_seeded():
-    q = DiagonalGaussian(torch.zeros(1, 8, 2, 2))
+    moments = torch.randn(2, 8, 3, 3, requires_grad=True)
+    q = DiagonalGaussian(moments)
     a = q.sample(torch.Generator().manual_seed(0))
-    b = q.sample(torch.Generator().manual_seed(0))
+    b = DiagonalGaussian(moments).sample(torch.Generator().manual_seed(0))
     torch.testing.assert_close(a, b)
-    assert q.mode().abs().max() == 0
+    # reparameterised: z = mean + std * eps, so gradients reach the mean (1 each) and the log-variance
+    # (d z / d logvar = std * eps / 2 = (z - mean) / 2)
+    a.sum().backward()
+    mean_grad, logvar_grad = moments.grad.chunk(2, dim=1)
+    torch.testing.assert_close(mean_grad, torch.ones_like(mean_grad))
+    torch.testing.assert_close(logvar_grad, ((a - q.mean) / 2).detach())
+    torch.testing.assert_close(q.mode(), q.mean)
 
 
 def test_scale_factor_gives_unit_variance_latents():
@@ -70,4 +79,6 @@ def test_psnr_closed_form():
     # an error of 0.2 everywhere: mse 0.04, peak-to-peak 2 -> 10 log10(4 / 0.04) = 20 dB
     torch.testing.assert_close(psnr(x + 0.2, x), torch.full((2,), 20.0))
     ae = Autoencoder(AutoencoderConfig.tiny())
-    assert isinstance(reconstruction_psnr(ae, torch.rand(3, 3, 16, 16)), float)
+    x = torch.rand(3, 3, 16, 16) * 2 - 1
+    by_hand = psnr(ae.decode(ae.encode(x).mode()), x).mean().item()
+    assert reconstruction_psnr(ae, x, batch_size=2) == pytest.approx(by_hand, rel=1e-6)

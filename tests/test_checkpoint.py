@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from tinyldm.autoencoder import Autoencoder, AutoencoderConfig
 from tinyldm.checkpoint import (CheckpointError, atomic_path, load_model_file, load_training_state,
-                                save_model_file, save_training_state)
+                                fingerprint, save_model_file, save_training_state)
 
 
 def test_autoencoder_round_trip(tmp_path):
@@ -76,9 +76,30 @@ class Evil:
 def test_training_state_refuses_pickled_code(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format": "tinyldm", "payload": Evil()}, path)
-    with pytest.raises(CheckpointError, match="is not a tinyldm training state"):
+    with pytest.raises(CheckpointError, match="is not a tinyldm training state") as info:
         load_training_state(path)
+    # say why, and never pass on torch's hint to load with weights_only=False (that would run the file's code)
+    assert "could run code" in str(info.value) and "weights_only" not in str(info.value)
+    assert info.value.__cause__ is None and "--restart" in str(info.value)
     plain = tmp_path / "plain.pt"
     torch.save({"step": 3}, plain)
     with pytest.raises(CheckpointError, match="is not a tinyldm training state"):
         load_training_state(plain)
+
+
+def test_fingerprint_follows_the_weights_not_the_object():
+    a = Autoencoder(AutoencoderConfig.tiny())
+    b = Autoencoder(AutoencoderConfig.tiny())
+    b.load_state_dict(a.state_dict())
+    assert fingerprint(a) == fingerprint(b) and len(fingerprint(a)) == 16
+    with torch.no_grad():
+        next(b.parameters()).view(-1)[0].add_(1e-3)
+    assert fingerprint(a) != fingerprint(b)
+
+
+def test_unknown_config_fields_are_a_clear_error(tmp_path):
+    ae = Autoencoder(AutoencoderConfig.tiny())
+    save_model_file(tmp_path / "future.safetensors", "autoencoder", {**ae.config.to_dict(), "warp_drive": 1},
+                    ae.state_dict())
+    with pytest.raises(CheckpointError, match="config that this version of tinyldm cannot read.*warp_drive"):
+        Autoencoder.load(tmp_path / "future.safetensors")

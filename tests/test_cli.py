@@ -58,3 +58,76 @@ def test_train_text_encoder_then_text_diffusion(tmp_path, monkeypatch, capsys):
     assert main(["info", str(tmp_path / "unet.safetensors")]) == 0
     printed = capsys.readouterr().out
     assert '"condition": "text"' in printed and '"hold_out"' in printed and '"context_dim": 128' in printed
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+    return load_file(str(path))
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_same_command_with_the_same_seed_gives_the_same_weights(tmp_path, monkeypatch):
+    """--seed fixes a fresh run (initial weights included), not only a resumed one; another seed differs."""
+    monkeypatch.setattr("tinyldm.recipes.BUILD_DIR", tmp_path)
+    ae_args = ["train-autoencoder", "--preset", "tiny", "--size", "32", "--crop", "16", "--whole-image-steps", "1",
+               "--batch-size", "4", "--n-images", "16", "--steps", "3"]
+    for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
+        assert main(ae_args + ["--seed", seed, "--run-dir", str(tmp_path / f"ae-{name}")]) == 0
+    a, b, c = (_weights(tmp_path / f"ae-{name}" / "model.safetensors") for name in "abc")
+    assert _same(a, b) and not _same(a, c)
+    unet_args = ["train-diffusion", "--preset", "tiny", "--condition", "class", "--autoencoder",
+                 str(tmp_path / "ae-a" / "model.safetensors"), "--n-images", "8", "--steps", "2", "--batch-size", "4",
+                 "--sample-every", "0"]
+    for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
+        assert main(unet_args + ["--seed", seed, "--run-dir", str(tmp_path / f"unet-{name}")]) == 0
+    a, b, c = (_weights(tmp_path / f"unet-{name}" / "model.safetensors") for name in "abc")
+    assert _same(a, b) and not _same(a, c)
+
+
+def test_training_writes_into_its_run_folder_not_into_data(tmp_path, monkeypatch):
+    from tinyldm.config import DATA_DIR
+    monkeypatch.setattr("tinyldm.recipes.BUILD_DIR", tmp_path)
+    shipped = {p: p.read_bytes() for p in DATA_DIR.glob("*.safetensors")}
+    assert main(["train-judge", "--steps", "1", "--batch-size", "4", "--run-dir", str(tmp_path / "judge")]) == 0
+    assert (tmp_path / "judge" / "model.safetensors").is_file()
+    assert {p: p.read_bytes() for p in DATA_DIR.glob("*.safetensors")} == shipped
+
+
+def test_a_missing_autoencoder_file_is_an_error_not_a_stand_in(tmp_path, capsys):
+    code = main(["train-diffusion", "--autoencoder", str(tmp_path / "nope.safetensors"), "--steps", "1",
+                 "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--autoencoder" in err and "no such file" in err and "tinyldm train-autoencoder" in err
+    assert not (tmp_path / "run").exists()
+    ae = Autoencoder(AutoencoderConfig.tiny())
+    ae.save(tmp_path / "ae.safetensors")
+    code = main(["train-diffusion", "--condition", "text", "--autoencoder", str(tmp_path / "ae.safetensors"),
+                 "--text-encoder", str(tmp_path / "none.safetensors"), "--run-dir", str(tmp_path / "run")])
+    assert code == 2 and "--text-encoder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, expected", [
+    (None, "no such file"),
+    (b"\x00" * 7, "not a readable safetensors file"),
+    ("truncated", "not a readable safetensors file"),
+])
+def test_info_on_a_bad_file_says_what_is_wrong_without_a_traceback(tmp_path, capsys, content, expected):
+    path = tmp_path / "model.safetensors"
+    if content == "truncated":
+        Autoencoder(AutoencoderConfig.tiny()).save(path)
+        path.write_bytes(path.read_bytes()[:300])
+    elif content is not None:
+        path.write_bytes(content)
+    assert main(["info", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert expected in captured.err and "Traceback" not in captured.err + captured.out
+
+
+def test_info_on_a_foreign_safetensors_file(tmp_path, capsys):
+    from safetensors.torch import save_file
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    assert main(["info", str(tmp_path / "other.safetensors")]) == 0
+    assert "not written by tinyldm" in capsys.readouterr().out

@@ -1,4 +1,5 @@
 """Classifier-free guidance and the conditions: the formula, the null label / empty prompt, dropout rates."""
+import diffusers  # the test-only reference: a missing one fails the run
 import pytest
 import torch
 
@@ -26,12 +27,34 @@ def encoder():
     return SceneCLIP(SceneCLIPConfig(width=16, layers=1, heads=2, embed_dim=8, image_widths=(8,))).eval()
 
 
-def test_guided_eps_is_the_seeds_formula_and_diffusers_with_scale_one_plus_s():
-    eps_c, eps_u = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
-    for s in (0.0, 1.0, 3.0, 7.5):
-        torch.testing.assert_close(guided_eps(eps_c, eps_u, s), eps_c + s * (eps_c - eps_u))
-        # diffusers' pipelines: uncond + guidance_scale * (text - uncond), guidance_scale = 1 + s
-        torch.testing.assert_close(guided_eps(eps_c, eps_u, s), eps_u + (1 + s) * (eps_c - eps_u))
+@pytest.mark.parametrize("s", [0.0, 1.0, 3.0, 7.5])
+def test_guided_sampling_equals_diffusers_pipeline_convention_end_to_end(class_model, s):
+    """The reference is diffusers' pipelines, written independently of tinyldm: two forward passes (the null
+    condition and the condition), noise_pred = uncond + w (cond - uncond) with guidance_scale w = 1 + s, and
+    diffusers' own DDIMScheduler stepping on its timesteps k = t - 1. tinyldm: Guided (one batched pass, the seed's
+    eps + s (eps - eps_null)) inside tinyldm's sampling loop. Swapping the conditional and the null path, or using
+    w = s, makes the two disagree."""
+    schedule = NoiseSchedule()
+    cond = LabelCondition(5)
+    y = torch.tensor([0, 3, 4])
+    ours = sample(Guided(class_model, cond.given(y), cond.null(3), s), DDIM(schedule, steps=10), (3, 4, 8, 8),
+                  generator=torch.Generator().manual_seed(0), progress=False)
+
+    ref = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+                                  clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing")
+    ref.set_timesteps(10)
+    latents = torch.randn((3, 4, 8, 8), generator=torch.Generator().manual_seed(0))
+    null = torch.full((3,), 5)
+    with torch.no_grad():
+        for k in ref.timesteps:
+            t = torch.full((3,), int(k) + 1)  # diffusers' timestep k is our t - 1
+            noise_uncond, noise_cond = class_model(latents, t, null), class_model(latents, t, y)
+            noise_pred = noise_uncond + (1 + s) * (noise_cond - noise_uncond)
+            latents = ref.step(noise_pred, k, latents).prev_sample
+    swapped = Guided(class_model, cond.null(3), cond.given(y), s) if s else Guided(class_model, cond.null(3), s=0.0)
+    assert not torch.allclose(ours, sample(swapped, DDIM(schedule, steps=10), (3, 4, 8, 8),
+                                           generator=torch.Generator().manual_seed(0), progress=False))
+    torch.testing.assert_close(ours, latents, rtol=1e-4, atol=1e-4 * latents.abs().max().item())
 
 
 @pytest.mark.parametrize("s", [0.0, 1.0, 3.0])

@@ -6,12 +6,12 @@ from tinyldm.autoencoder import Autoencoder, AutoencoderConfig
 from tinyldm.conditioning import LabelCondition
 from tinyldm.data import Scenes
 from tinyldm.pipeline import generate
-from tinyldm.recipes import train_diffusion
+from tinyldm.recipes import CONDITIONS, train_diffusion, unet_needs
 from tinyldm.sample import DDIM, sample
-from tinyldm.schedule import NoiseSchedule
+from tinyldm.schedule import NoiseSchedule, ScheduleConfig
 from tinyldm.text import SceneCLIP, SceneCLIPConfig
 from tinyldm.train import EpsLoss, TrainConfig, Trainer
-from tinyldm.unet import UNet, UNetConfig
+from tinyldm.unet import PRESETS, UNet, UNetConfig
 
 from helpers import perturbed
 
@@ -138,18 +138,39 @@ def test_train_diffusion_class_and_text_tiny(tmp_path, monkeypatch):
 def test_generate_guides_decodes_and_is_seeded():
     torch.manual_seed(0)
     ae = Autoencoder(AutoencoderConfig.tiny())
-    model = UNet(UNetConfig.tiny(num_classes=3, eps_skip=True)).eval()
+    model = perturbed(UNet(UNetConfig.tiny(num_classes=3, eps_skip=True)), scale=0.05).eval()  # output depends on y
     cond = LabelCondition(3)
     labels = torch.tensor([0, 1, 2, 0, 1])
-    a = generate(model, ae, cond.given(labels), cond.null(5), s=3.0, sampler=DDIM(NoiseSchedule(), steps=3),
+    schedule = model.schedule
+    a = generate(model, ae, cond.given(labels), cond.null(5), s=3.0, sampler=DDIM(schedule, steps=3),
                  batch_size=2, latent_shape=(4, 8, 8))
-    b = generate(model, ae, cond.given(labels), cond.null(5), s=3.0, sampler=DDIM(NoiseSchedule(), steps=3),
+    b = generate(model, ae, cond.given(labels), cond.null(5), s=3.0, sampler=DDIM(schedule, steps=3),
                  batch_size=2, latent_shape=(4, 8, 8))
     assert a.shape == (5, 3, 32, 32) and torch.equal(a, b)
-    unconditional = generate(model, ae, n=2, sampler=DDIM(NoiseSchedule(), steps=3), latent_shape=(4, 8, 8))
-    assert unconditional.shape == (2, 3, 32, 32)
+    # by hand: chunks of 2 with noise from seed + chunk, eps_null + (1 + s)(eps_y - eps_null) (diffusers' form)
+    by_hand = []
+    for k, part in enumerate(labels.split(2)):
+        sampler = DDIM(schedule, steps=3)
+        x = sampler.init_noise((len(part), 4, 8, 8), generator=torch.Generator().manual_seed(k))
+        for t in sampler.timesteps:
+            tt = torch.full((len(part),), t)
+            eps_y, eps_null = model(x, tt, part), model(x, tt, torch.full_like(part, 3))
+            x = sampler.step(x, t, eps_null + 4.0 * (eps_y - eps_null))
+        by_hand.append(ae.from_latent(x))
+    torch.testing.assert_close(a, torch.cat(by_hand), rtol=1e-4, atol=1e-5)
+    swapped = generate(model, ae, cond.null(5), cond.given(labels), s=3.0, sampler=DDIM(schedule, steps=3),
+                       batch_size=2, latent_shape=(4, 8, 8))
+    assert not torch.allclose(a, swapped, atol=1e-3)
+    # the default sampler is DDIM 20 on the model's own training schedule
+    cosine = perturbed(UNet(UNetConfig.tiny(schedule=ScheduleConfig.cosine().to_dict())), scale=0.05).eval()
+    default = generate(cosine, ae, n=2, latent_shape=(4, 8, 8))
+    explicit = generate(cosine, ae, n=2, latent_shape=(4, 8, 8), sampler=DDIM(NoiseSchedule(ScheduleConfig.cosine()),
+                                                                             steps=20))
+    assert torch.equal(default, explicit)
     with pytest.raises(ValueError, match="give n"):
         generate(model, ae)
+    with pytest.raises(ValueError, match="needs null"):
+        generate(model, ae, cond.given(labels), s=3.0)
 
 
 def test_min_snr_weighting_by_hand():
@@ -187,3 +208,34 @@ def test_train_diffusion_goes_on_from_a_saved_unet(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="num_classes is 24 there, this run needs None"):
         train_diffusion(ae, preset="tiny", n_images=8, train_config=tc, condition="none",
                         init=tmp_path / "first.safetensors")
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("condition", CONDITIONS)
+def test_every_preset_takes_every_condition(preset, condition):
+    """The recipe tells any preset what a run needs (sd_v1 brings CLIP's 768-wide cross-attention, which an
+    unconditional or class run must drop). Checked on the meta device: shapes and code paths, no memory."""
+    context_dim = 16 if condition == "text" else None
+    cfg = UNetConfig.preset(preset, **unet_needs(condition, 4, ScheduleConfig.ddpm(), context_dim))
+    b, side = 2, 8 * cfg.downsample
+    inputs = {"none": {}, "class": {"y": torch.tensor([0, 24])},
+              "text": {"context": torch.zeros(b, 5, 16), "context_mask": torch.ones(b, 5, dtype=torch.bool)}}
+    with torch.device("meta"):
+        model = UNet(cfg)
+        kwargs = {k: v.to("meta") for k, v in inputs[condition].items()}
+        eps = model(torch.zeros(b, 4, side, side), torch.tensor([1, 1000]), **kwargs)
+    assert eps.shape == (b, 4, side, side)
+    assert (cfg.num_classes is not None) == (condition == "class")
+    assert cfg.context_dim == context_dim
+
+
+def test_train_diffusion_runs_every_small_preset_with_every_condition(tmp_path, monkeypatch):
+    monkeypatch.setattr("tinyldm.recipes.BUILD_DIR", tmp_path)
+    ae = Autoencoder(AutoencoderConfig.tiny())
+    encoder = SceneCLIP(SceneCLIPConfig(width=16, layers=1, heads=2, embed_dim=8, image_widths=(8,)))
+    tc = TrainConfig(steps=1, batch_size=2, warmup_steps=1, progress=False)
+    for preset in ("tiny", "course"):
+        for condition in CONDITIONS:
+            model, trainer = train_diffusion(ae, preset=preset, n_images=4, train_config=tc, device="cpu",
+                                             condition=condition, text_encoder=encoder)
+            assert trainer.step == 1 and model.config.eps_skip

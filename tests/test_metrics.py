@@ -27,15 +27,27 @@ def test_frechet_distance_bad_input():
         frechet_distance(torch.zeros(1, 3), torch.zeros(5, 3))
 
 
-def test_attribute_accuracy_counts_dont_care():
-    judge = Judge()
+class FixedReader:
+    """A judge stand-in whose readings are fixed in advance, so the expected accuracies are known independently."""
+
+    def __init__(self, shape, color, size):
+        self.readings = {"shape": torch.tensor(shape), "color": torch.tensor(color), "size": torch.tensor(size)}
+
+    def predict(self, images):
+        assert len(images) == len(self.readings["shape"])
+        return self.readings
+
+
+def test_attribute_accuracy_counts_by_hand_with_dont_care():
+    reader = FixedReader(shape=[0, 1, 2, 3], color=[0, 1, 2, 3], size=[0, 0, 1, 1])
     images = torch.zeros(4, 3, 64, 64)
-    pred = judge.predict(images)
-    want = torch.stack([pred["shape"], pred["color"], torch.full((4,), -1)], 1)
-    assert attribute_accuracy(judge, images, want) == {"shape": 1.0, "color": 1.0, "all": 1.0}
-    wrong = want.clone()
-    wrong[:2, 1] = (wrong[:2, 1] + 1) % 6
-    assert attribute_accuracy(judge, images, wrong)["all"] == 0.5
+    # item 0 all right; item 1 wrong colour; item 2 wrong shape; item 3 wrong size, which counts only where given
+    want = torch.tensor([[0, 0, 0], [1, 5, -1], [3, 2, -1], [3, 3, 0]])
+    got = attribute_accuracy(reader, images, want)
+    assert got == {"shape": 0.75, "color": 0.75, "size": 0.5, "all": 0.25}
+    no_size = want.clone()
+    no_size[:, 2] = -1  # size never asked for: not scored, and not part of "all"
+    assert attribute_accuracy(reader, images, no_size) == {"shape": 0.75, "color": 0.75, "all": 0.5}
 
 
 def test_judge_takes_other_sizes_and_refuses_bad_shapes():

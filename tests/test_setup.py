@@ -1,5 +1,6 @@
 """The project's own set-up files agree with each other."""
 import re
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -22,8 +23,23 @@ def test_environment_yml_lists_the_same_dependencies_as_pyproject():
     assert any(r.startswith("-e") for r in pip), "environment.yml should install the package itself"
 
 
-def test_ci_runs_the_readme_test_command():
+def _commands(text: str) -> list[str]:
+    """The command lines of a shell snippet: no comments, no blank lines."""
+    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
+    return [line for line in lines if line]
+
+
+def test_ci_runs_the_readme_test_command_and_it_runs_every_test_and_notebook():
     readme = (ROOT / "README.md").read_text()
-    ci = (ROOT / ".ci" / "run").read_text()
-    assert "make test" in readme.split("\n## ")[0]
-    assert "make test" in ci
+    block = readme.split("```bash\n", 1)[1].split("```", 1)[0]  # the README's first commands
+    test_line = next(line for line in block.splitlines() if "test" in line.split("#", 1)[-1])
+    command = test_line.split("#", 1)[0].strip()
+    assert command in _commands((ROOT / ".ci" / "run").read_text()), "CI does not run the README's test command"
+    # what that command does (a dry run prints make's recipe): the unit tests and every notebook under nbval
+    target = command.split()[-1]
+    dry = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert re.search(r"pytest .*\btests\b", dry), dry
+    notebooks = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    nbval = next(line for line in dry.splitlines() if "--nbval" in line)
+    assert notebooks and all(nb in nbval for nb in notebooks), nbval
+    assert "TINYLDM_FAST=1" in nbval

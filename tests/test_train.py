@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from tinyldm.autoencoder import Autoencoder, AutoencoderConfig, autoencoder_loss
-from tinyldm.checkpoint import load_training_state
+from tinyldm.checkpoint import CheckpointError, load_training_state
 from tinyldm.data import Scenes
 from tinyldm.train import StepBatches, TrainConfig, Trainer, TrainingDiverged
 
@@ -125,4 +125,74 @@ def test_resume_with_cooldown_added_equals_uninterrupted(tmp_path):
     second.fit()
     assert [h["lr"] for h in second.history] == [h["lr"] for h in full.history]
     for a, b in zip(second.model.state_dict().values(), full.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_nan_before_the_first_checkpoint_says_so_and_names_the_data(tmp_path):
+    def nan_loss(model, batch, generator):
+        return deterministic_loss(model, batch, generator)[0] * math.nan, {}
+    trainer = Trainer(tiny_ae(), nan_loss, DATA, TrainConfig(steps=4, ckpt_every=2, **CFG), out_dir=tmp_path,
+                      device="cpu")
+    with pytest.raises(TrainingDiverged) as info:
+        trainer.fit()
+    message = str(info.value)
+    assert "at step 1" in message and "no checkpoint was written yet (the first comes at step 2)" in message
+    assert "out_dir" not in message and "check the data" in message
+    without = Trainer(tiny_ae(), nan_loss, DATA, TrainConfig(steps=4, **CFG), device="cpu")
+    with pytest.raises(TrainingDiverged, match="give the Trainer an out_dir to keep one"):
+        without.fit()
+
+
+def test_resuming_another_runs_state_names_the_file_the_difference_and_restart(tmp_path):
+    Trainer(tiny_ae(), autoencoder_loss, DATA, TrainConfig(steps=1, **CFG), out_dir=tmp_path, device="cpu").fit()
+    wider = Autoencoder(AutoencoderConfig(base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                                          mid_attention=False))
+    with pytest.raises(CheckpointError) as info:
+        Trainer(wider, autoencoder_loss, DATA, TrainConfig(steps=2, **CFG), out_dir=tmp_path, device="cpu",
+                resume=True)
+    message = str(info.value)
+    assert str(tmp_path / "last.pt") in message and "model base_channels: 8 there, 16 now" in message
+    assert "--restart" in message and len(message.splitlines()) == 1  # no dump of state-dict keys
+    with pytest.raises(CheckpointError, match=r"trained with batch_size=4 and this run asks for batch_size=8"):
+        Trainer(tiny_ae(), autoencoder_loss, DATA, TrainConfig(steps=2, **{**CFG, "batch_size": 8}),
+                out_dir=tmp_path, device="cpu", resume=True)
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_nothing_behind_on_the_next_start(tmp_path):
+    Trainer(tiny_ae(), autoencoder_loss, DATA, TrainConfig(steps=1, **CFG), out_dir=tmp_path, device="cpu").fit()
+    orphan = tmp_path / ".last.pt.x1y2z3.tmp"  # what atomic_path leaves when the process dies mid-write
+    orphan.write_bytes(b"half a checkpoint")
+    trainer = Trainer(tiny_ae(), autoencoder_loss, DATA, TrainConfig(steps=2, **CFG), out_dir=tmp_path,
+                      device="cpu", resume=True)
+    assert not orphan.exists() and trainer.step == 1
+
+
+def test_bf16_autocast_trains_on_the_cpu():
+    config = TrainConfig(steps=3, precision="bf16", **CFG)
+    trainer = Trainer(tiny_ae(), deterministic_loss, DATA, config, device="cpu")
+    seen = []
+    original = trainer.loss_fn
+
+    def spy(model, batch, generator):
+        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return original(model, batch, generator)
+    trainer.loss_fn = spy
+    history = trainer.fit()
+    assert all(seen) and len(seen) == 3
+    assert all(math.isfinite(h["loss"]) for h in history)
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # the weights stay fp32
+    fp32 = Trainer(tiny_ae(), deterministic_loss, DATA, TrainConfig(steps=1, **CFG), device="cpu").fit()
+    assert history[0]["loss"] == pytest.approx(fp32[0]["loss"], rel=0.05)  # same computation, lower precision
+    assert history[0]["loss"] != fp32[0]["loss"]  # ... and it really ran in bf16
+
+
+def test_worker_processes_give_the_same_run_as_the_main_process():
+    runs = []
+    for workers in (0, 2):
+        t = Trainer(tiny_ae(), autoencoder_loss, DATA, TrainConfig(steps=3, num_workers=workers, **CFG),
+                    device="cpu")
+        t.fit()
+        runs.append(t)
+    assert [h["loss"] for h in runs[0].history] == [h["loss"] for h in runs[1].history]
+    for a, b in zip(runs[0].model.state_dict().values(), runs[1].model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)

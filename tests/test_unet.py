@@ -3,6 +3,7 @@ import torch
 
 from tinyldm.autoencoder import Autoencoder, AutoencoderConfig
 from tinyldm.checkpoint import CheckpointError
+from tinyldm.schedule import ScheduleConfig
 from tinyldm.unet import UNet, UNetConfig, timestep_embedding
 
 from helpers import perturbed
@@ -81,7 +82,7 @@ def test_masked_out_context_tokens_have_no_effect():
 
 
 def test_timestep_embedding_matches_diffusers_sd_layout():
-    embeddings = pytest.importorskip("diffusers.models.embeddings")
+    from diffusers.models import embeddings  # the test-only reference: a missing one fails the run
     t = torch.tensor([0, 1, 10, 999, 1000])
     for dim in (32, 320, 7):
         ref = embeddings.get_timestep_embedding(t, dim, flip_sin_to_cos=True, downscale_freq_shift=0)
@@ -115,8 +116,8 @@ def test_sd_v1_preset_has_sd_shape_on_meta():
     assert cfg.downsample == 8
     with torch.device("meta"):
         model = UNet(cfg)
-        # diffusers' UNet2DConditionModel(cross_attention_dim=768) has exactly 859,520,964
-        assert 850e6 < model.num_parameters() < 870e6
+        # diffusers' UNet2DConditionModel(cross_attention_dim=768), Stable Diffusion v1's, has exactly this many
+        assert model.num_parameters() == 859_520_964
         eps = model(torch.zeros(1, 4, 64, 64), 999, context=torch.zeros(1, 77, 768))
     assert eps.shape == (1, 4, 64, 64)
 
@@ -292,3 +293,48 @@ def test_time_and_label_embedding_reach_every_res_block_of_the_course_model():
     # again by the norm, so those blocks are blind to t and y
     blind = _emb_effect(UNetConfig.course(norm_groups=32, scale_shift=False))
     assert min(blind) < 1e-6 and max(blind) > 0.05  # the 64-wide blocks (2 channels per group) still see some
+
+
+def test_defaults_are_the_course_model_and_every_preset_names_its_layout():
+    assert UNetConfig() == UNetConfig.course()
+    course = UNetConfig()
+    assert course.scale_shift and course.norm_groups == 8  # the setting in which t and y reach every block
+    sd = UNetConfig.sd_v1()
+    assert not sd.scale_shift and sd.norm_groups == 32 and sd.schedule == ScheduleConfig.stable_diffusion().to_dict()
+
+
+@torch.no_grad()
+def test_the_training_schedule_is_saved_in_the_config_and_is_the_default_for_sampling(tmp_path):
+    cfg = UNetConfig.tiny(schedule=ScheduleConfig.cosine(T=500).to_dict(), eps_skip=True)
+    model = UNet(cfg)
+    path = model.save(tmp_path / "unet.safetensors")
+    loaded = UNet.load(path)
+    assert loaded.config.schedule == {"kind": "cosine", "T": 500, "beta_1": 1e-4, "beta_T": 0.02, "cosine_s": 0.008}
+    schedule = loaded.schedule
+    assert schedule.T == 500 and schedule.kind.value == "cosine"
+    # the eps skip uses the same schedule: sqrt(1 - alpha_bar_t) x_t at init
+    x_t = randn(2, 4, 8, 8)
+    torch.testing.assert_close(loaded(x_t, 400), schedule.sqrt_one_minus_alpha_bar[400] * x_t)
+    with pytest.raises(ValueError, match="schedule must be a dict of ScheduleConfig fields"):
+        UNetConfig.tiny(schedule={"kind": "linear", "steps": 3})
+    with pytest.raises(ValueError, match="kind must be one of"):
+        UNetConfig.tiny(schedule={"kind": "sigmoid"})
+
+
+def test_loading_with_another_autoencoder_is_a_clear_error(tmp_path):
+    from tinyldm.checkpoint import fingerprint
+
+    ae, other = Autoencoder(AutoencoderConfig.tiny()), perturbed(Autoencoder(AutoencoderConfig.tiny()))
+    path = UNet(UNetConfig.tiny()).save(tmp_path / "unet.safetensors", autoencoder=fingerprint(ae))
+    assert UNet.load(path, autoencoder=ae).info["autoencoder"] == fingerprint(ae)
+    with pytest.raises(CheckpointError) as info:
+        UNet.load(path, autoencoder=other)
+    message = str(info.value)
+    assert str(path) in message and fingerprint(ae) in message and fingerprint(other) in message
+    assert "allow_other_autoencoder=True" in message
+    UNet.load(path, autoencoder=other, allow_other_autoencoder=True)  # the expert's override
+    # the pipeline checks the pairing too
+    from tinyldm.pipeline import generate
+    with pytest.raises(CheckpointError, match="autoencoder"):
+        generate(UNet.load(path), other, n=1, latent_shape=(4, 8, 8))
+    assert generate(UNet.load(path), other, n=1, latent_shape=(4, 8, 8), allow_other_autoencoder=True).shape[0] == 1

@@ -33,7 +33,8 @@ from .unet import UNet, UNetConfig
 from .viz import image_grid
 
 __all__ = ["train_autoencoder", "train_judge", "train_text_encoder", "train_diffusion", "zero_shot_accuracy",
-           "held_out_scenes", "course_latents", "without_labels", "SampleGrids", "TEXT_HOLD_OUT", "CONDITIONS"]
+           "held_out_scenes", "course_latents", "without_labels", "unet_needs", "SampleGrids", "TEXT_HOLD_OUT",
+           "CONDITIONS"]
 
 CONDITIONS = ("none", "class", "text")
 
@@ -196,6 +197,20 @@ def without_labels(dataset: LatentDataset, labels: Sequence[int]) -> Dataset:
     return Subset(dataset, keep.nonzero().flatten().tolist())
 
 
+def unet_needs(condition: str, latent_channels: int, schedule: ScheduleConfig, context_dim: int | None = None) -> dict:
+    """The UNetConfig fields that a diffusion run fixes, whatever the preset: the latent channels, the noise schedule
+    (with the eps skip) and what the condition needs, and that it needs nothing else. A preset's own cross-attention
+    width (sd_v1's 768 for CLIP) is dropped for an unconditional or class-conditional run, and a class table exists
+    only for class labels."""
+    if condition not in CONDITIONS:
+        raise ValueError(f"expected condition one of {', '.join(map(repr, CONDITIONS))}, got {condition!r}")
+    if (condition == "text") != (context_dim is not None):
+        raise ValueError(f"context_dim (the text encoder's width) goes with condition 'text' only; got condition "
+                         f"{condition!r} and context_dim={context_dim!r}")
+    return {"in_channels": latent_channels, "out_channels": latent_channels, "schedule": schedule.to_dict(),
+            "eps_skip": True, "num_classes": NUM_CLASSES if condition == "class" else None, "context_dim": context_dim}
+
+
 def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_000, max_objects: int = 1,
                     train_config: TrainConfig | None = None, schedule: ScheduleConfig | None = None,
                     run_dir: str | Path | None = None, resume: bool = True, device=None,
@@ -224,21 +239,17 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
     data = without_labels(latents, hold_out) if hold_out else latents
     shape = tuple(latents.latents.shape[1:])
     n_grid, condition_, cond, null = 16, None, None, None
-    # every preset is told what this condition needs, and that it needs nothing else (sd_v1's CLIP context included)
-    needs = {"num_classes": None, "context_dim": None}
     if condition == "class":
-        needs["num_classes"] = NUM_CLASSES
         condition_ = LabelCondition(NUM_CLASSES, p_uncond)
         cond, null = condition_.given(torch.arange(n_grid) % NUM_CLASSES), condition_.null(n_grid)
     elif condition == "text":
         if text_encoder is None:
             raise ValueError("condition='text' needs a text_encoder (see tinyldm.text)")
-        needs["context_dim"] = text_encoder.dim
         text_encoder.to(torch.device(device) if device is not None else default_device())  # where the UNet trains
         condition_ = TextCondition(text_encoder, p_uncond)
         prompts = [f"a {class_name(c % NUM_CLASSES)}" for c in range(n_grid)]
         cond, null = condition_.given(prompts), condition_.null(n_grid)
-    needs.update(in_channels=shape[0], out_channels=shape[0], schedule=schedule.config.to_dict(), eps_skip=True)
+    needs = unet_needs(condition, shape[0], schedule.config, text_encoder.dim if condition == "text" else None)
     if init is not None:
         unet = UNet.load(init, autoencoder=ae)
         for name, value in needs.items():
@@ -247,7 +258,7 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
                                  f"this run needs {value!r}")
     else:
         with seeded(train_config.seed):
-            unet = UNet(UNetConfig.preset(preset, **needs))
+            unet = UNet(UNetConfig.preset(preset, **needs))  # every preset, told what this run needs
     callbacks = [SampleGrids(ae, schedule, Path(run_dir) / "samples", sample_every, shape, n_grid, cond=cond,
                              null=null)] if sample_every and run_dir is not None else []
     trainer = Trainer(unet, EpsLoss(schedule, condition=condition_, snr_gamma=snr_gamma), data, train_config,
