@@ -162,6 +162,29 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _run_flags(p: argparse.ArgumentParser, name: str, steps: int, batch_size: int, lr: float) -> None:
+    """What every training command takes: length, batch, lr, seed, device, the run folder and the model file."""
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--seed", type=int, default=0, help="initial weights and every random draw of training")
+    p.add_argument("--device", default=None)
+    p.add_argument("--run-dir", default=str(BUILD_DIR / "runs" / name),
+                   help="the run's folder: training state, samples and (without --out) the model file")
+    p.add_argument("--out", default=None, help=f"the model file (default: RUN_DIR/model.safetensors); replace a "
+                                              f"course checkpoint only on purpose, e.g. --out {DATA_DIR.name}/...")
+
+
+def _resumable_flags(p: argparse.ArgumentParser, warmup: int, ckpt_every: int) -> None:
+    """The Trainer's options of the long, resumable commands."""
+    p.add_argument("--warmup", type=int, default=warmup)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--ckpt-every", type=int, default=ckpt_every)
+    p.add_argument("--restart", action="store_true", help="start over, replacing an existing run in --run-dir")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tinyldm", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -182,21 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-images", type=int, default=50_000, help="distinct training scenes")
     p.add_argument("--init", default=None, help="fine-tune this saved autoencoder (its file sets the architecture)")
     p.add_argument("--kl-weight", type=float, default=None, help="weight of the KL term (default: the preset's)")
-    p.add_argument("--steps", type=int, default=4400)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--ema", type=float, default=0.999)
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
-    p.add_argument("--ckpt-every", type=int, default=250)
-    p.add_argument("--run-dir", default=str(BUILD_DIR / "runs" / "autoencoder"),
-                   help="training state goes here; an existing run is resumed")
-    p.add_argument("--restart", action="store_true", help="ignore an existing run in --run-dir")
-    p.add_argument("--out", default=None, help=f"model file (default: RUN_DIR/model.safetensors; the course's is "
-                                              f"{DATA_DIR / 'autoencoder-course.safetensors'})")
+    _run_flags(p, "autoencoder", steps=4400, batch_size=32, lr=1e-3)
+    _resumable_flags(p, warmup=100, ckpt_every=250)
     p.set_defaults(fn=_cmd_train_autoencoder)
 
     p = sub.add_parser("train-diffusion", help="train an eps-prediction UNet on cached latents (Algorithm 1)")
@@ -204,23 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--autoencoder", default=str(DATA_DIR / "autoencoder-course.safetensors"))
     p.add_argument("--n-images", type=int, default=20_000, help="scenes to encode and train on")
     p.add_argument("--max-objects", type=int, default=1)
-    p.add_argument("--steps", type=int, default=8000)
-    p.add_argument("--batch-size", type=int, default=64)
+    _run_flags(p, "diffusion", steps=8000, batch_size=64, lr=1e-3)
+    _resumable_flags(p, warmup=200, ckpt_every=500)
     p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--cooldown", type=int, default=0,
                    help="the lr falls linearly to 0 over the last N steps (resuming a run with a cool-down added "
                         "gives the same result as an uninterrupted one)")
-    p.add_argument("--ema", type=float, default=0.999)
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
-    p.add_argument("--ckpt-every", type=int, default=500)
     p.add_argument("--sample-every", type=int, default=1000, help="steps between sample grids in run-dir/samples")
-    p.add_argument("--run-dir", default=str(BUILD_DIR / "runs" / "diffusion"))
-    p.add_argument("--restart", action="store_true")
     p.add_argument("--condition", default="none", choices=CONDITIONS,
                    help="unconditional, class labels (with a null label) or captions (cross-attention)")
     p.add_argument("--p-uncond", type=float, default=0.1, help="condition dropout for classifier-free guidance")
@@ -231,27 +231,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hold-out", default="", help="class labels to leave out of training, e.g. 16,22")
     p.add_argument("--init", default=None,
                    help="go on training this saved UNet (fresh optimizer and lr schedule; its file sets the network)")
-    p.add_argument("--out", default=None, help="model file (default: RUN_DIR/model.safetensors)")
     p.set_defaults(fn=_cmd_train_diffusion)
 
     p = sub.add_parser("train-judge", help="train the judge that scores generated scenes (metrics)")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
-    p.add_argument("--run-dir", default=str(BUILD_DIR / "runs" / "judge"))
-    p.add_argument("--out", default=None, help="model file (default: RUN_DIR/model.safetensors)")
+    _run_flags(p, "judge", steps=3000, batch_size=64, lr=2e-3)
     p.set_defaults(fn=_cmd_train_judge)
 
     p = sub.add_parser("train-text-encoder", help="train the offline CLIP-style text encoder on scene captions")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
-    p.add_argument("--run-dir", default=str(BUILD_DIR / "runs" / "text-encoder"))
-    p.add_argument("--out", default=None, help="model file (default: RUN_DIR/model.safetensors)")
+    _run_flags(p, "text-encoder", steps=1000, batch_size=64, lr=1e-3)
     p.set_defaults(fn=_cmd_train_text_encoder)
 
     p = sub.add_parser("info", help="describe a tinyldm .safetensors file")
