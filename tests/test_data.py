@@ -357,7 +357,7 @@ def test_image_size_must_be_a_multiple_of_8(tmp_path, size):
 
 
 def test_torchvision_images_with_fake_data():
-    torchvision = pytest.importorskip("torchvision")
+    import torchvision  # a dependency of tinyldm: missing, it fails the run
     fake = torchvision.datasets.FakeData(size=6, image_size=(3, 40, 30), num_classes=5)
     ds = TorchvisionImages(fake, 16)
     assert len(ds) == 6
@@ -407,3 +407,25 @@ def test_resize_center_crop_and_prepare_image():
     assert cropped.size == (24, 24) and cropped.mode == "RGB"
     assert prepare_image(image, 24).shape == (3, 24, 24)
     assert prepare_image(torch.rand(3, 50, 70), 16).shape == (3, 16, 16)
+
+
+def test_random_crops_are_fresh_every_step_and_repeatable_by_seed():
+    from tinyldm.data import random_crops
+
+    scenes = Scenes(size=32, length=4, seed=0)
+    batch = torch.utils.data.default_collate([scenes[i] for i in range(4)])
+    a = random_crops(batch, 16, torch.Generator().manual_seed(0))
+    again = random_crops(batch, 16, torch.Generator().manual_seed(0))
+    other_step = random_crops(batch, 16, torch.Generator().manual_seed(1))
+    assert a["image"].shape == (4, 3, 16, 16) and a["masks"].shape[-2:] == (16, 16)
+    assert torch.equal(a["image"], again["image"]) and not torch.equal(a["image"], other_step["image"])
+    assert a["label"] is batch["label"] and batch["image"].shape[-1] == 32  # the rest as it was, input untouched
+    # each crop is a window of its own image, and the masks are cut at the same place as the image
+    for i in range(4):
+        windows = batch["image"][i].unfold(1, 16, 1).unfold(2, 16, 1)  # [3, 17, 17, 16, 16]
+        hits = (windows == a["image"][i][:, None, None]).flatten(3).all(-1).all(0).nonzero()
+        assert len(hits) >= 1
+        top, left = hits[0].tolist()
+        torch.testing.assert_close(a["masks"][i], batch["masks"][i][:, top:top + 16, left:left + 16])
+    with pytest.raises(DataError, match=r"crop size in 1..32 for 32x32 images, got 40"):
+        random_crops(batch, 40)
