@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from tinyldm.sample import (DDIM, DDPM, DPMSolverPP2M, Sampler, Spacing, Variance, ddim_step, ddpm_step,
+from tinyldm.sample import (DDIM, DDPM, DPMSolverPP2M, Sampler, Spacing, Variance, algorithm2, ddim_step, ddpm_step,
                             dpm_solver_pp_2m_step, predict_x0, sample, timesteps)
 from tinyldm.schedule import NoiseSchedule
 
@@ -315,6 +315,159 @@ def test_ode_samplers_follow_the_probability_flow_and_converge():
     assert dpm_20 < ddim_50 and dpm_50 < 0.01
 
 
+# ---- Algorithm 2 in one function --------------------------------------------------------
+
+def wiggly_eps(schedule):
+    """A non-trivial eps model: nonlinear in x_t, different at every t, not zero at t = 1."""
+    def eps_model(x_t, t):
+        s_t = schedule.sqrt_one_minus_alpha_bar[t].reshape(-1, *[1] * (x_t.ndim - 1))
+        return s_t * x_t + 0.3 * torch.sin(3 * x_t + t.reshape(-1, *[1] * (x_t.ndim - 1)) / 100)
+    return eps_model
+
+
+@pytest.mark.parametrize("schedule", [LINEAR, NoiseSchedule.from_kind("cosine", T=50)], ids=repr)
+@pytest.mark.parametrize("variance", list(Variance))
+def test_algorithm2_is_sample_with_ddpm_bit_for_bit(schedule, variance):
+    # algorithm2 writes Algorithm 2 in one piece; DDPM + sample() cut the same computation into
+    # init_noise, step and the loop. Same generator seed: the same numbers, exactly.
+    eps_model, shape = wiggly_eps(schedule), (3, 2, 4, 4)
+    x_0 = algorithm2(eps_model, schedule, shape, generator=torch.Generator().manual_seed(7), variance=variance)
+    expected = sample(eps_model, DDPM(schedule, variance), shape, generator=torch.Generator().manual_seed(7),
+                      progress=False)
+    assert x_0.shape == shape and torch.isfinite(x_0).all()
+    assert torch.equal(x_0, expected)
+    # the noise matters: another seed gives another sample
+    other = algorithm2(eps_model, schedule, shape, generator=torch.Generator().manual_seed(8), variance=variance)
+    assert not torch.equal(x_0, other)
+
+
+# ---- clipping the predicted x_0 (clip_x0; diffusers' clip_sample) -------------------------
+# A pixel-space model's data lie in [-1, 1]; DDPM's code and diffusers clamp x_0_hat there inside
+# every step. Inputs below are large (x_t ~ N(0, 2^2)), so that x_0_hat leaves [-1, 1] at every t
+# and the clamp is active.
+
+def wide_inputs():
+    return 2 * randn(2, 3, 8, 8, seed=0, dtype=torch.float64), randn(2, 3, 8, 8, seed=1, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("kind", list(SCHEDULES))
+@pytest.mark.parametrize("variance", list(Variance))
+@pytest.mark.parametrize("c", [1.0, 0.5])
+def test_ddpm_step_with_clip_x0_matches_diffusers_clip_sample(kind, variance, c):
+    schedule, name = SCHEDULES[kind]
+    ref = float64_reference(diffusers.DDPMScheduler(beta_schedule=name, clip_sample=True, clip_sample_range=c,
+                                                    variance_type=variance.value, **REF_ARGS))
+    x_t, eps = wide_inputs()
+    sampler = DDPM(schedule, variance=variance, clip_x0=c)
+    for t in [1, 2, 3, 10, 100, 500, 999, T]:
+        assert predict_x0(schedule, x_t, t, eps).abs().max() > c  # the clamp does something here
+        g_ours, g_ref = torch.Generator().manual_seed(t), torch.Generator().manual_seed(t)  # one z, as without clip
+        ours = sampler.step(x_t, t, eps, generator=g_ours)
+        expected = ref.step(eps, schedule.to_diffusers_timestep(t), x_t, generator=g_ref).prev_sample
+        assert_close_to_scale(ours, expected, 3e-5 if schedule.alpha[t] < 0.01 else 1e-6)
+        # the mean is mu_tilde_t(x_t, clamped x_0_hat) (DDPM eq. 7); at t = 1 it is the clamped x_0_hat
+        x0_hat = predict_x0(schedule, x_t, t, eps).clamp(-c, c)
+        mean = ddpm_step(schedule, x_t, t, eps, None, variance, clip_x0=c)
+        torch.testing.assert_close(mean, schedule.q_posterior_mean(x0_hat, x_t, t))
+        if t == 1:
+            torch.testing.assert_close(ours, x0_hat)
+
+
+@pytest.mark.parametrize("kind", list(SCHEDULES))
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+def test_ddim_step_with_clip_x0_matches_diffusers_clip_sample(kind, eta):
+    schedule, name = SCHEDULES[kind]
+    x_t, eps = wide_inputs()
+    n = 10
+    ref = float64_reference(diffusers.DDIMScheduler(beta_schedule=name, clip_sample=True, clip_sample_range=1.0,
+                                                    set_alpha_to_one=True, steps_offset=0, **REF_ARGS))
+    ref.set_timesteps(n)
+    for k in ref.timesteps.tolist():
+        t, t_prev = schedule.from_diffusers_timestep(k), diffusers_t(schedule, k - T // n)
+        z = randn(2, 3, 8, 8, seed=k + 2, dtype=torch.float64)
+        # diffusers keeps the model's eps in the direction term (use_clipped_model_output=False, its default)
+        expected = ref.step(eps, k, x_t, eta=eta, variance_noise=z).prev_sample
+        ours = ddim_step(schedule, x_t, t, t_prev, eps, eta, z if eta > 0 else None, clip_x0=1.0)
+        assert_close_to_scale(ours, expected, 1e-6)
+        assert not torch.allclose(ours, ddim_step(schedule, x_t, t, t_prev, eps, eta, z if eta > 0 else None))
+    torch.testing.assert_close(ours, predict_x0(schedule, x_t, t, eps).clamp(-1, 1))  # the last step: to t = 0
+
+
+@pytest.mark.parametrize("kind", list(SCHEDULES))
+def test_dpm_solver_pp_2m_with_clip_x0_matches_diffusers_thresholding(kind):
+    # diffusers' DPMSolverMultistepScheduler has no clip_sample; its dynamic thresholding clamps x_0_hat to
+    # [-s, s] and divides by s, with s = a quantile of |x_0_hat| clamped to [1, sample_max_value]: with
+    # sample_max_value = 1, s = 1 and it is plain clipping to [-1, 1].
+    schedule, name = SCHEDULES[kind]
+    ref = diffusers.DPMSolverMultistepScheduler(beta_schedule=name, algorithm_type="dpmsolver++", solver_order=2,
+                                                thresholding=True, sample_max_value=1.0, timestep_spacing="trailing",
+                                                steps_offset=0, **REF_ARGS)
+    ref.set_timesteps(10)
+    sampler = DPMSolverPP2M(schedule, steps=10, clip_x0=1.0)
+    assert sampler.timesteps == [schedule.from_diffusers_timestep(k) for k in ref.timesteps.tolist()]
+    eps_model = wiggly_eps(schedule)
+    x = y = 2 * randn(2, 3, 8, 8, seed=0)
+    for t, k in zip(sampler.timesteps, ref.timesteps.tolist()):
+        x = sampler.step(x, t, eps_model(x, torch.full((2,), t)))
+        y = ref.step(eps_model(y, torch.full((2,), schedule.from_diffusers_timestep(k))), k, y).prev_sample
+    assert x.abs().max() <= 1  # the last step returns the clamped x_0_hat
+    assert_close_to_scale(x, y, 1e-5 if kind == "linear" else 1e-3)
+
+
+def dummy_sample_deter():
+    """diffusers' scheduler tests' deterministic sample (SchedulerCommonTest.dummy_sample_deter): [4, 3, 8, 8]."""
+    num_elems = 4 * 3 * 8 * 8
+    return (torch.arange(num_elems).reshape(3, 8, 8, 4) / num_elems).permute(3, 0, 1, 2)
+
+
+def dummy_model(x, k):
+    """diffusers' scheduler tests' dummy model, model(sample, k) = sample * k / (k + 1), k = diffusers' timestep."""
+    return x * k / (k + 1)
+
+
+def test_diffusers_own_full_loop_numbers_with_clip_x0():
+    # Reference numbers written in diffusers' tests (test_scheduler_ddpm.py / test_scheduler_ddim.py,
+    # test_full_loop_no_noise), for DDPM's schedule with clip_sample=True, from dummy_sample_deter
+    # (the loop starts there, not at x_T ~ N(0, I), so it is written by hand with sampler.step).
+    #
+    # DDPM, fixed_small: diffusers draws one z per step, for k > 0 (our t > 1), after the mean, with
+    # randn(sample.shape, generator) from torch.manual_seed(0); DDPM.step draws the same z at the same
+    # point, and a fresh Generator seeded 0 gives the same stream as torch.manual_seed(0).
+    x, g = dummy_sample_deter(), torch.Generator().manual_seed(0)
+    sampler = DDPM(LINEAR, Variance.FIXED_SMALL, clip_x0=1.0)
+    for t in sampler.timesteps:
+        x = sampler.step(x, t, dummy_model(x, LINEAR.to_diffusers_timestep(t)), generator=g)
+    assert abs(x.abs().sum().item() - 258.9606) < 1e-2
+    assert abs(x.abs().mean().item() - 0.3372) < 1e-3
+    # DDIM, 10 steps, leading spacing (diffusers' default: k = 900, ..., 0), eta = 0, set_alpha_to_one
+    x = dummy_sample_deter()
+    sampler = DDIM(LINEAR, steps=10, eta=0.0, spacing="leading", clip_x0=1.0)
+    for t in sampler.timesteps:
+        x = sampler.step(x, t, dummy_model(x, LINEAR.to_diffusers_timestep(t)))
+    assert abs(x.abs().sum().item() - 172.0067) < 1e-2
+    assert abs(x.abs().mean().item() - 0.223967) < 1e-3
+
+
+def test_without_clip_x0_nothing_is_clamped():
+    x_t, eps = wide_inputs()
+    assert all(s.clip_x0 is None for s in [DDPM(LINEAR), DDIM(LINEAR), DPMSolverPP2M(LINEAR)])  # off by default
+    for t, t_prev in [(1000, 900), (10, 0)]:
+        # a bound that never binds leaves DDIM unchanged, bit for bit
+        assert torch.equal(ddim_step(LINEAR, x_t, t, t_prev, eps, clip_x0=1e6), ddim_step(LINEAR, x_t, t, t_prev, eps))
+        # DDPM then writes its mean as mu_tilde_t(x_t, x_0_hat): the same number as Algorithm 2's line 4
+        assert_close_to_scale(ddpm_step(LINEAR, x_t, t, eps, None, clip_x0=1e6), ddpm_step(LINEAR, x_t, t, eps, None),
+                              1e-6)
+    # the sampler's x_0_hat (what the trajectory shows and DPM-Solver uses) is clamped only with clip_x0
+    _, traj = sample(wiggly_eps(LINEAR), DDIM(LINEAR, 5, clip_x0=0.5), (2, 1, 3, 3),
+                     generator=torch.Generator().manual_seed(0), progress=False, trajectory_every=1)
+    assert all(x0_hat.abs().max() <= 0.5 for _, _, x0_hat in traj)
+    _, traj = sample(wiggly_eps(LINEAR), DDIM(LINEAR, 5), (2, 1, 3, 3),
+                     generator=torch.Generator().manual_seed(0), progress=False, trajectory_every=1)
+    assert traj[0][2].abs().max() > 0.5
+    assert repr(DDIM(LINEAR, 5)) == "DDIM(steps=5, eta=0.0, spacing='trailing')"
+    assert repr(DDPM(LINEAR, clip_x0=1)) == "DDPM(variance='fixed_small', steps=1000, clip_x0=1.0)"
+
+
 # ---- predict_x0, the loop, reproducibility -----------------------------------------------
 
 @pytest.mark.parametrize("kind", list(SCHEDULES))
@@ -451,3 +604,11 @@ def test_bad_inputs_raise_with_what_was_expected_and_what_came():
         dpm_solver_pp_2m_step(LINEAR, x, 10, 5, x, (10, x))
     with pytest.raises(ValueError, match="trajectory_every must be None or an int >= 1; got 0"):
         sample(oracle_eps(LINEAR), DDIM(LINEAR, 5), (1, 1), trajectory_every=0, progress=False)
+    for c in [0, -1.0, True, "1", math.inf]:
+        for fn in [lambda: DDPM(LINEAR, clip_x0=c), lambda: DDIM(LINEAR, clip_x0=c),
+                   lambda: DPMSolverPP2M(LINEAR, clip_x0=c), lambda: ddpm_step(LINEAR, x, 5, eps, None, clip_x0=c),
+                   lambda: ddim_step(LINEAR, x, 5, 1, eps, clip_x0=c)]:
+            with pytest.raises(ValueError, match=rf"clip_x0 must be None \(no clipping\) or a number > 0.*got {c!r}"):
+                fn()
+    with pytest.raises(ValueError, match="variance must be one of 'fixed_small', 'fixed_large'; got 'learned'"):
+        algorithm2(oracle_eps(LINEAR), LINEAR, (1, 1), variance="learned")

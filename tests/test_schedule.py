@@ -165,6 +165,32 @@ def test_q_step_batch_of_t():
     torch.testing.assert_close(y[1], s.alpha[T].sqrt() * x[1] + s.beta[T].sqrt() * eps[1])
 
 
+# ---- the posterior q(x_{t-1} | x_t, x_0) ---------------------------------------------------
+
+def test_q_posterior_mean_is_ddpm_eq_7():
+    s = NoiseSchedule()
+    betas = [0.0] + [1e-4 + (t - 1) * (0.02 - 1e-4) / (T - 1) for t in range(1, T + 1)]  # exact, by t
+    ab = [math.prod(1 - b for b in betas[1:t + 1]) for t in range(T + 1)]
+    g = torch.Generator().manual_seed(3)
+    x_0, x_t = torch.randn(2, 5, generator=g, dtype=torch.float64), torch.randn(2, 5, generator=g, dtype=torch.float64)
+    for t in [1, 2, 10, 500, T]:
+        # mu_tilde_t = sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t) x_0
+        #            + sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) x_t
+        expected = (math.sqrt(ab[t - 1]) * betas[t] / (1 - ab[t]) * x_0
+                    + math.sqrt(1 - betas[t]) * (1 - ab[t - 1]) / (1 - ab[t]) * x_t)
+        torch.testing.assert_close(s.q_posterior_mean(x_0, x_t, t), expected, atol=1e-6, rtol=1e-6)
+    # t = 1: the posterior is the point x_0 (alpha_bar_0 = 1)
+    torch.testing.assert_close(s.q_posterior_mean(x_0, x_t, 1), x_0)
+    # one t per batch item
+    tt = torch.tensor([2, T])
+    rows = torch.stack([s.q_posterior_mean(x_0[i:i + 1], x_t[i:i + 1], int(tt[i]))[0] for i in range(2)])
+    torch.testing.assert_close(s.q_posterior_mean(x_0, x_t, tt), rows)
+    with pytest.raises(ValueError, match=r"t must be in \[1, 1000\].*\[0\]"):
+        s.q_posterior_mean(x_0, x_t, 0)  # there is no x_{-1}
+    with pytest.raises(ValueError, match=r"x_0 must have the shape of x_t: expected \[2, 5\], got \[2, 4\]"):
+        s.q_posterior_mean(x_0[:, :4], x_t, 5)
+
+
 # ---- sample_t ------------------------------------------------------------------------
 
 def test_sample_t_range_and_determinism():
@@ -238,6 +264,46 @@ def test_diffusers_timestep_conversion():
         s.to_diffusers_timestep(0)
     with pytest.raises(ValueError, match=r"diffusers timestep k must be in \[0, 999\].*\[1000\]"):
         s.from_diffusers_timestep(T)
+
+
+# ---- the helpers that every update uses (here and in tinyldm.sample) -----------------------
+
+def test_check_t_returns_int64_and_names_the_argument():
+    s = NoiseSchedule()
+    t = s.check_t(5)
+    assert t.dtype == torch.int64 and t.shape == () and t == 5
+    t = s.check_t(torch.tensor([1, 2], dtype=torch.int32))
+    assert t.dtype == torch.int64 and t.tolist() == [1, 2]
+    assert s.check_t(T).item() == T and s.check_t(0).item() == 0  # [0, T] by default
+    with pytest.raises(ValueError, match=r"t_prev must be in \[1, 999\] \(T = 1000\); got out-of-range values \[0\]"):
+        s.check_t(torch.tensor([0, 3]), low=1, high=T - 1, name="t_prev")
+    with pytest.raises(TypeError, match="t must be an int or an integer tensor; got float"):
+        s.check_t(2.0)
+    with pytest.raises(TypeError, match="t must be an integer tensor; got dtype torch.bool"):
+        s.check_t(torch.tensor([True]))
+
+
+def test_coef_is_table_at_t_shaped_to_broadcast_against_x():
+    s = NoiseSchedule()
+    x = torch.zeros(3, 2, 4, 4, dtype=torch.float64)
+    c = s.coef(s.alpha_bar, torch.tensor([1, 10, T]), x)
+    assert c.shape == (3, 1, 1, 1) and c.dtype == torch.float64
+    assert c.flatten().tolist() == s.alpha_bar[[1, 10, T]].double().tolist()
+    c = s.coef(s.beta, s.check_t(7), x)  # one t for the whole batch
+    assert c.shape == (1, 1, 1, 1) and c.item() == s.beta[7].item()
+    assert s.coef(s.beta, 7, x).item() == c.item()  # an int is fine too
+
+
+def test_check_inputs_returns_t_and_says_what_is_wrong():
+    s = NoiseSchedule()
+    x = torch.zeros(2, 3)
+    assert s.check_inputs(x, 4, x, low=1).tolist() == 4
+    with pytest.raises(ValueError, match=r"noise must have the shape of y: expected \[2, 3\], got \[2\]"):
+        s.check_inputs(x, 4, torch.zeros(2), x_name="y", eps_name="noise")
+    with pytest.raises(ValueError, match=r"t must be in \[1, 1000\]"):
+        s.check_inputs(x, 0, x, low=1)
+    with pytest.raises(TypeError, match="x_t must be a floating-point tensor; got list"):
+        s.check_inputs([0.0], 1, x)
 
 
 # ---- bad inputs ----------------------------------------------------------------------

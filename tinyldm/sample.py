@@ -7,6 +7,9 @@ The math of each sampler is one pure function, written next to the paper's equat
 * ``dpm_solver_pp_2m_step``  DPM-Solver++(2M) (Lu et al. 2022), the multistep 2nd-order solver;
 * ``predict_x0``  the x_0 that eps implies ("the predicted x_0 along the way").
 
+``algorithm2`` is DDPM's Algorithm 2 written out whole, line by line, to be read against the paper;
+``sample(eps_model, DDPM(schedule), ...)`` computes the same numbers from the pieces below.
+
 The sampler objects (``DDPM``, ``DDIM``, ``DPMSolverPP2M``) only choose the timesteps, draw the
 noise and keep the multistep memory. The loop stays with the user; ``sample`` writes it once:
 
@@ -20,6 +23,10 @@ Time convention: schedule.py's. t = 1..T, tables indexed by t, t = 0 is clean da
 The denoiser is any callable ``eps_model(x_t, t) -> eps`` with x_t [b, ...] and t int64 [b];
 nothing here knows about networks (classifier-free guidance is a wrapper around that callable).
 Random numbers come only from the ``generator`` passed in, so a seed fixes the samples.
+
+``clip_x0 = c`` (off by default) clamps the predicted x_0 to [-c, c] inside every update, as DDPM's
+code and diffusers' ``clip_sample=True`` do: right for pixel-space models (data in [-1, 1], c = 1),
+wrong for latents, which are not bounded. Without it, nothing is clamped.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from .schedule import NoiseSchedule, ScheduleConfig
 __all__ = [
     "Variance", "Spacing", "timesteps",
     "predict_x0", "ddpm_step", "ddim_step", "dpm_solver_pp_2m_step",
-    "Sampler", "DDPM", "DDIM", "DPMSolverPP2M", "sample",
+    "Sampler", "DDPM", "DDIM", "DPMSolverPP2M", "sample", "algorithm2",
 ]
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -124,8 +131,8 @@ def timesteps(schedule: NoiseSchedule | int, n: int, spacing: Spacing | str = Sp
 
 
 # ---- the math: one pure function per update --------------------------------------------------
-# Coefficients are looked up with schedule._coef (table[t] on x's device/dtype, shaped [b, 1, ...])
-# and inputs checked with schedule._check_inputs, so shapes, devices and messages are the same as
+# Coefficients are looked up with schedule.coef (table[t] on x's device/dtype, shaped [b, 1, ...])
+# and inputs checked with schedule.check_inputs, so shapes, devices and messages are the same as
 # in q_sample.
 
 def _check_like(v, x_t: torch.Tensor, name: str, optional: bool = False) -> None:
@@ -145,8 +152,22 @@ def _check_eta(eta) -> float:
     return float(eta)
 
 
+def _check_clip(clip_x0) -> float | None:
+    if clip_x0 is None:
+        return None
+    if isinstance(clip_x0, bool) or not isinstance(clip_x0, (int, float)) or not 0 < clip_x0 < float("inf"):
+        raise ValueError(f"clip_x0 must be None (no clipping) or a number > 0 (x_0_hat is clamped to "
+                         f"[-clip_x0, clip_x0]; 1.0 for data in [-1, 1]); got {clip_x0!r}")
+    return float(clip_x0)
+
+
+def _clip(x0_hat: torch.Tensor, clip_x0: float | None) -> torch.Tensor:
+    """x0_hat clamped to [-clip_x0, clip_x0] (diffusers' clip_sample); unchanged for clip_x0 = None."""
+    return x0_hat if clip_x0 is None else x0_hat.clamp(-clip_x0, clip_x0)
+
+
 def _check_t_prev(schedule: NoiseSchedule, t_prev, t: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
-    t_prev = schedule._check_t(t_prev, low=0, name="t_prev")
+    t_prev = schedule.check_t(t_prev, low=0, name="t_prev")
     if t_prev.ndim > 1 or (t_prev.ndim == 1 and t_prev.shape[0] != x_t.shape[0]):
         raise ValueError(f"t_prev must be an int or an int64 tensor [b] with b = x_t.shape[0]; "
                          f"got t_prev.shape = {list(t_prev.shape)}, x_t.shape = {list(x_t.shape)}")
@@ -162,13 +183,13 @@ def predict_x0(schedule: NoiseSchedule, x_t: torch.Tensor, t, eps: torch.Tensor)
 
     x_t, eps: [b, ...]; t: int or int64 [b] in [0, T]. Exact inverse of q_sample for the same eps.
     """
-    t = schedule._check_inputs(x_t, t, eps, low=0, x_name="x_t")
-    return ((x_t - schedule._coef(schedule.sqrt_one_minus_alpha_bar, t, x_t) * eps)
-            / schedule._coef(schedule.sqrt_alpha_bar, t, x_t))
+    t = schedule.check_inputs(x_t, t, eps, low=0, x_name="x_t")
+    return ((x_t - schedule.coef(schedule.sqrt_one_minus_alpha_bar, t, x_t) * eps)
+            / schedule.coef(schedule.sqrt_alpha_bar, t, x_t))
 
 
-def ddpm_step(schedule: NoiseSchedule, x_t: torch.Tensor, t, eps: torch.Tensor,
-              z: torch.Tensor | None, variance: Variance | str = Variance.FIXED_SMALL) -> torch.Tensor:
+def ddpm_step(schedule: NoiseSchedule, x_t: torch.Tensor, t, eps: torch.Tensor, z: torch.Tensor | None,
+              variance: Variance | str = Variance.FIXED_SMALL, clip_x0: float | None = None) -> torch.Tensor:
     """x_{t-1} from x_t: line 4 of DDPM's Algorithm 2 (lines 3-4 for z),
 
         x_{t-1} = 1 / sqrt(alpha_t) (x_t - (1 - alpha_t) / sqrt(1 - alpha_bar_t) eps) + sigma_t z,
@@ -176,23 +197,34 @@ def ddpm_step(schedule: NoiseSchedule, x_t: torch.Tensor, t, eps: torch.Tensor,
     with sigma_t^2 from ``variance`` (see ``Variance``). x_t, eps, z: [b, ...]; t: int or int64 [b]
     in [1, T]. z ~ N(0, I) is an argument (drawn by the caller); it is ignored where t = 1
     (line 3: z = 0 at the last step), and z = None means z = 0 (the mean of p(x_{t-1} | x_t)).
+
+    ``clip_x0 = c``: the mean is written as the posterior mean of the clamped predicted x_0, as in
+    DDPM's code and diffusers' DDPMScheduler with clip_sample=True (without clamping, the same mean):
+
+        x_0_hat = clamp((x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t), -c, c)
+        mean    = mu_tilde_t(x_t, x_0_hat)       (DDPM eq. 7, ``schedule.q_posterior_mean``)
     """
-    t = schedule._check_inputs(x_t, t, eps, low=1, x_name="x_t")
+    t = schedule.check_inputs(x_t, t, eps, low=1, x_name="x_t")
     _check_like(z, x_t, "z", optional=True)
     variance = _enum(Variance, variance, "variance")
-    alpha_t, beta_t = schedule._coef(schedule.alpha, t, x_t), schedule._coef(schedule.beta, t, x_t)
-    sqrt_one_minus_ab = schedule._coef(schedule.sqrt_one_minus_alpha_bar, t, x_t)
-    mean = (x_t - beta_t / sqrt_one_minus_ab * eps) / alpha_t.sqrt()  # 1 - alpha_t = beta_t
+    clip_x0 = _check_clip(clip_x0)
+    alpha_t, beta_t = schedule.coef(schedule.alpha, t, x_t), schedule.coef(schedule.beta, t, x_t)
+    if clip_x0 is None:
+        sqrt_one_minus_ab = schedule.coef(schedule.sqrt_one_minus_alpha_bar, t, x_t)
+        mean = (x_t - beta_t / sqrt_one_minus_ab * eps) / alpha_t.sqrt()  # 1 - alpha_t = beta_t
+    else:
+        x0_hat = _clip(predict_x0(schedule, x_t, t, eps), clip_x0)
+        mean = schedule.q_posterior_mean(x0_hat, x_t, t)  # eq. 7
     if z is None:
         return mean
-    sigma2 = beta_t if variance is Variance.FIXED_LARGE else schedule._coef(schedule.posterior_variance, t, x_t)
+    sigma2 = beta_t if variance is Variance.FIXED_LARGE else schedule.coef(schedule.posterior_variance, t, x_t)
     sigma = sigma2.sqrt()
     not_last = (t > 1).to(x_t.device, x_t.dtype).reshape(t.shape + (1,) * (x_t.ndim - t.ndim))  # line 3
     return mean + not_last * sigma * z  # line 4
 
 
 def ddim_step(schedule: NoiseSchedule, x_t: torch.Tensor, t, t_prev, eps: torch.Tensor,
-              eta: float = 0.0, z: torch.Tensor | None = None) -> torch.Tensor:
+              eta: float = 0.0, z: torch.Tensor | None = None, clip_x0: float | None = None) -> torch.Tensor:
     """x_{t_prev} from x_t with DDIM, equation 12 of Song et al. 2021 (their alpha is our alpha_bar):
 
         x_{t_prev} = sqrt(alpha_bar_{t_prev}) x_0_hat                      "predicted x_0"
@@ -205,18 +237,23 @@ def ddim_step(schedule: NoiseSchedule, x_t: torch.Tensor, t, t_prev, eps: torch.
     eta = 0: deterministic DDIM; eta = 1 with t_prev = t - 1: DDPM with sigma_t^2 = beta_tilde_t.
     t in [1, T], 0 <= t_prev < t (ints or int64 [b]); t_prev = 0 is the final step to clean data
     (alpha_bar_0 = 1, so the result is x_0_hat). z ~ N(0, I) [b, ...], needed only when eta > 0.
+
+    ``clip_x0 = c`` clamps x_0_hat to [-c, c] in the first term; the direction keeps the model's eps
+    (not the eps of the clamped x_0_hat), as diffusers' DDIMScheduler does with clip_sample=True and
+    its default use_clipped_model_output=False.
     """
-    t = schedule._check_inputs(x_t, t, eps, low=1, x_name="x_t")
+    t = schedule.check_inputs(x_t, t, eps, low=1, x_name="x_t")
     t_prev = _check_t_prev(schedule, t_prev, t, x_t)
     eta = _check_eta(eta)
+    clip_x0 = _check_clip(clip_x0)
     _check_like(z, x_t, "z", optional=True)
     if eta > 0 and z is None:
         raise ValueError("eta > 0 needs noise: pass z ~ N(0, I) of the shape of x_t")
-    ab_t = schedule._coef(schedule.alpha_bar, t, x_t)
-    ab_prev = schedule._coef(schedule.alpha_bar, t_prev, x_t)
-    one_minus_ab_t = schedule._coef(schedule.sqrt_one_minus_alpha_bar, t, x_t) ** 2
-    one_minus_ab_prev = schedule._coef(schedule.sqrt_one_minus_alpha_bar, t_prev, x_t) ** 2
-    x0_hat = predict_x0(schedule, x_t, t, eps)
+    ab_t = schedule.coef(schedule.alpha_bar, t, x_t)
+    ab_prev = schedule.coef(schedule.alpha_bar, t_prev, x_t)
+    one_minus_ab_t = schedule.coef(schedule.sqrt_one_minus_alpha_bar, t, x_t) ** 2
+    one_minus_ab_prev = schedule.coef(schedule.sqrt_one_minus_alpha_bar, t_prev, x_t) ** 2
+    x0_hat = _clip(predict_x0(schedule, x_t, t, eps), clip_x0)
     sigma = eta * (one_minus_ab_prev / one_minus_ab_t * (1 - ab_t / ab_prev)).sqrt()  # eq. 16
     direction = (one_minus_ab_prev - sigma**2).clamp(min=0).sqrt() * eps  # clamp: rounding at eta = 1
     x_prev = ab_prev.sqrt() * x0_hat + direction  # eq. 12 without the noise
@@ -247,7 +284,7 @@ def dpm_solver_pp_2m_step(schedule: NoiseSchedule, x_t: torch.Tensor, t: int, t_
     if not isinstance(x_t, torch.Tensor) or not x_t.is_floating_point():
         raise TypeError(f"x_t must be a floating-point tensor; got {getattr(x_t, 'dtype', type(x_t).__name__)}")
     _check_like(x0_hat, x_t, "x0_hat")
-    t, t_prev = schedule._check_t(t, low=1), schedule._check_t(t_prev, low=0, name="t_prev")
+    t, t_prev = schedule.check_t(t, low=1), schedule.check_t(t_prev, low=0, name="t_prev")
     if t.ndim or t_prev.ndim or not t_prev < t:
         raise ValueError(f"t and t_prev must be ints with t_prev < t (one t for the whole batch); "
                          f"got t = {t.tolist()}, t_prev = {t_prev.tolist()}")
@@ -255,10 +292,10 @@ def dpm_solver_pp_2m_step(schedule: NoiseSchedule, x_t: torch.Tensor, t: int, t_
         return x0_hat  # s_0 = 0, a_0 = 1, e^{-h} = 0: x_0 = D = x0_hat
 
     def a(u):  # a_u = sqrt(alpha_bar_u), on x_t's device/dtype
-        return schedule._coef(schedule.sqrt_alpha_bar, u, x_t)
+        return schedule.coef(schedule.sqrt_alpha_bar, u, x_t)
 
     def s(u):  # s_u = sqrt(1 - alpha_bar_u)
-        return schedule._coef(schedule.sqrt_one_minus_alpha_bar, u, x_t)
+        return schedule.coef(schedule.sqrt_one_minus_alpha_bar, u, x_t)
 
     def lam(u):  # lambda_u = log(a_u / s_u)
         return a(u).log() - s(u).log()
@@ -267,7 +304,7 @@ def dpm_solver_pp_2m_step(schedule: NoiseSchedule, x_t: torch.Tensor, t: int, t_
     D = x0_hat  # first order
     if last is not None:  # second order
         t_last, x0_last = last
-        t_last = schedule._check_t(t_last, low=1, name="t_last")
+        t_last = schedule.check_t(t_last, low=1, name="t_last")
         if t_last.ndim or not t_last > t:
             raise ValueError(f"last = (t_last, x0_last) must come from an int t_last > t = {int(t)}; "
                              f"got t_last = {t_last.tolist()}")
@@ -288,14 +325,16 @@ def _randn(shape, generator: torch.Generator | None, device, dtype) -> torch.Ten
 
 class Sampler:
     """What every sampler has: ``timesteps`` (descending ints in [1, T], one per model evaluation),
-    ``num_model_evals``, ``init_noise``, ``step`` and ``reset``. Subclasses write ``step``."""
+    ``num_model_evals``, ``init_noise``, ``step``, ``reset`` and ``clip_x0`` (None, or the c that the
+    predicted x_0 is clamped to, [-c, c], in every step; see ``x0_hat``). Subclasses write ``step``."""
 
-    def __init__(self, schedule: NoiseSchedule, timesteps: list[int]) -> None:
+    def __init__(self, schedule: NoiseSchedule, timesteps: list[int], clip_x0: float | None = None) -> None:
         if not isinstance(schedule, NoiseSchedule):
             raise TypeError(f"schedule must be a NoiseSchedule; got {type(schedule).__name__}")
         self.schedule = schedule
         self.timesteps = list(timesteps)
         self._index = {t: i for i, t in enumerate(self.timesteps)}
+        self.clip_x0 = _check_clip(clip_x0)
 
     @property
     def num_model_evals(self) -> int:
@@ -316,6 +355,14 @@ class Sampler:
              generator: torch.Generator | None = None) -> torch.Tensor:
         """x at the timestep after t in ``timesteps`` (or x_0 after the last), from eps = eps_theta(x_t, t)."""
         raise NotImplementedError
+
+    def x0_hat(self, x_t: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
+        """The predicted x_0 that the step at t works with: ``predict_x0``, clamped to
+        [-clip_x0, clip_x0] when ``clip_x0`` is set."""
+        return _clip(predict_x0(self.schedule, x_t, t, eps), self.clip_x0)
+
+    def _repr_clip(self) -> str:
+        return "" if self.clip_x0 is None else f", clip_x0={self.clip_x0}"
 
     def next_t(self, t: int) -> int:
         """The timestep after t (0 after the last): where ``step(x_t, t, ...)`` lands."""
@@ -347,40 +394,43 @@ class DDPM(Sampler):
         5: end for
         6: return x_0
 
-    ``variance`` picks sigma_t^2 (see ``Variance``). For fewer steps with DDPM-like noise use
-    ``DDIM(schedule, steps, eta=1.0)``.
+    ``variance`` picks sigma_t^2 (see ``Variance``); ``clip_x0`` see ``ddpm_step``. For fewer steps
+    with DDPM-like noise use ``DDIM(schedule, steps, eta=1.0)``. ``algorithm2`` is the same sampler
+    written as one function.
     """
 
-    def __init__(self, schedule: NoiseSchedule, variance: Variance | str = Variance.FIXED_SMALL) -> None:
-        super().__init__(schedule, list(range(schedule.T, 0, -1)))
+    def __init__(self, schedule: NoiseSchedule, variance: Variance | str = Variance.FIXED_SMALL,
+                 clip_x0: float | None = None) -> None:
+        super().__init__(schedule, list(range(schedule.T, 0, -1)), clip_x0)
         self.variance = _enum(Variance, variance, "variance")
 
     def __repr__(self) -> str:
-        return f"DDPM(variance={self.variance.value!r}, steps={self.num_model_evals})"
+        return f"DDPM(variance={self.variance.value!r}, steps={self.num_model_evals}{self._repr_clip()})"
 
     def step(self, x_t, t, eps, generator=None):
         t = self.timesteps[self._position(t)]
         z = self._noise(x_t, generator) if t > 1 else None  # line 3 (diffusers draws in this order too)
-        return ddpm_step(self.schedule, x_t, t, eps, z, self.variance)  # line 4
+        return ddpm_step(self.schedule, x_t, t, eps, z, self.variance, self.clip_x0)  # line 4
 
 
 class DDIM(Sampler):
     """DDIM (Song et al. 2021): ``steps`` model evaluations, each a ``ddim_step`` from t to the
     next timestep (0 after the last). eta = 0 is deterministic (an ODE solver); eta = 1 adds
-    DDPM's posterior noise."""
+    DDPM's posterior noise. ``clip_x0`` see ``ddim_step``."""
 
     def __init__(self, schedule: NoiseSchedule, steps: int = 50, eta: float = 0.0,
-                 spacing: Spacing | str = Spacing.TRAILING) -> None:
+                 spacing: Spacing | str = Spacing.TRAILING, clip_x0: float | None = None) -> None:
         self.eta, self.spacing = _check_eta(eta), _enum(Spacing, spacing, "spacing")
-        super().__init__(schedule, timesteps(schedule, steps, self.spacing))
+        super().__init__(schedule, timesteps(schedule, steps, self.spacing), clip_x0)
 
     def __repr__(self) -> str:
-        return f"DDIM(steps={self.num_model_evals}, eta={self.eta}, spacing={self.spacing.value!r})"
+        return (f"DDIM(steps={self.num_model_evals}, eta={self.eta}, spacing={self.spacing.value!r}"
+                f"{self._repr_clip()})")
 
     def step(self, x_t, t, eps, generator=None):
         t, t_prev = self.timesteps[self._position(t)], self.next_t(t)
         z = self._noise(x_t, generator) if self.eta > 0 else None  # drawn at every step, as diffusers does
-        return ddim_step(self.schedule, x_t, t, t_prev, eps, self.eta, z)
+        return ddim_step(self.schedule, x_t, t, t_prev, eps, self.eta, z, self.clip_x0)
 
 
 class DPMSolverPP2M(Sampler):
@@ -395,16 +445,18 @@ class DPMSolverPP2M(Sampler):
 
     Steps must follow ``timesteps`` in order; a step at the first timestep starts a new trajectory.
     The timesteps are diffusers' DPMSolverMultistepScheduler layout (``timesteps(..., dpm_grid=True)``).
+    ``clip_x0 = c`` clamps each x0_hat to [-c, c] before it enters the update and the memory (diffusers
+    has no clip_sample here; its thresholding=True with sample_max_value=1.0 is exactly c = 1).
     """
 
     def __init__(self, schedule: NoiseSchedule, steps: int = 20,
-                 spacing: Spacing | str = Spacing.TRAILING) -> None:
+                 spacing: Spacing | str = Spacing.TRAILING, clip_x0: float | None = None) -> None:
         self.spacing = _enum(Spacing, spacing, "spacing")
-        super().__init__(schedule, timesteps(schedule, steps, self.spacing, dpm_grid=True))
+        super().__init__(schedule, timesteps(schedule, steps, self.spacing, dpm_grid=True), clip_x0)
         self._last: tuple[int, torch.Tensor] | None = None  # (t, x0_hat) of the previous step
 
     def __repr__(self) -> str:
-        return f"DPMSolverPP2M(steps={self.num_model_evals}, spacing={self.spacing.value!r})"
+        return f"DPMSolverPP2M(steps={self.num_model_evals}, spacing={self.spacing.value!r}{self._repr_clip()})"
 
     def reset(self) -> None:
         self._last = None
@@ -420,7 +472,7 @@ class DPMSolverPP2M(Sampler):
                              f"the step at t = {self.timesteps[i - 1]} just before it; got {done} "
                              f"(call reset() and start again from t = {self.timesteps[0]})")
         t_prev = self.next_t(t)
-        x0_hat = predict_x0(self.schedule, x_t, t, eps)
+        x0_hat = self.x0_hat(x_t, t, eps)
         x = dpm_solver_pp_2m_step(self.schedule, x_t, t, t_prev, x0_hat, self._last)
         self._last = (t, x0_hat)
         return x
@@ -437,7 +489,7 @@ def sample(eps_model: EpsModel, sampler: Sampler, shape, generator: torch.Genera
     defaults to the generator's (CPU without one). Returns x_0; with ``trajectory_every = k`` returns
     (x_0, trajectory), where trajectory is a list of (t, x_t, x_0_hat) at every k-th model evaluation
     (starting with the first, at t = timesteps[0]) and a last entry (0, x_0, x_0); its tensors are
-    on the CPU, for plotting.
+    on the CPU, for plotting. x_0_hat is the sampler's (``sampler.x0_hat``: clamped with ``clip_x0``).
     """
     if trajectory_every is not None and (not isinstance(trajectory_every, int) or trajectory_every < 1):
         raise ValueError(f"trajectory_every must be None or an int >= 1; got {trajectory_every!r}")
@@ -448,9 +500,42 @@ def sample(eps_model: EpsModel, sampler: Sampler, shape, generator: torch.Genera
     for i, t in enumerate(tqdm(sampler.timesteps, desc=type(sampler).__name__, disable=not progress)):
         eps = eps_model(x, torch.full((b,), t, dtype=torch.long, device=x.device))
         if trajectory_every is not None and i % trajectory_every == 0:
-            trajectory.append((t, x.cpu(), predict_x0(sampler.schedule, x, t, eps).cpu()))
+            trajectory.append((t, x.cpu(), sampler.x0_hat(x, t, eps).cpu()))
         x = sampler.step(x, t, eps, generator=generator)  # x at the next (smaller) t
     if trajectory_every is None:
         return x
     trajectory.append((0, x.cpu(), x.cpu()))
     return x, trajectory
+
+
+@torch.no_grad()
+def algorithm2(eps_model: EpsModel, schedule: NoiseSchedule, shape, generator: torch.Generator | None = None,
+               variance: Variance | str = Variance.FIXED_SMALL, device=None) -> torch.Tensor:
+    """DDPM's Algorithm 2 ("Sampling", Ho et al. 2020) in one function, line by line, with the paper's
+    line numbers on the right: T model evaluations from x_T ~ N(0, I) to a sample x_0 of ``shape``.
+
+    The same numbers as ``sample(eps_model, DDPM(schedule, variance), shape, generator)``, bit for bit
+    (the tests check it): ``DDPM`` cuts this loop into ``init_noise``, ``step`` and ``sample`` so that
+    every sampler shares one loop; here it is in one piece, to read against the paper. sigma_t^2 is
+    ``variance``'s: beta_tilde_t (FIXED_SMALL) or beta_t (FIXED_LARGE). eps_model, generator and
+    device as in ``sample``.
+    """
+    variance = _enum(Variance, variance, "variance")
+    if device is None:
+        device = generator.device if generator is not None else "cpu"
+    device = torch.device(device)
+    sigma2 = schedule.beta if variance is Variance.FIXED_LARGE else schedule.posterior_variance  # sigma_t^2 by t
+
+    x_t = _randn(tuple(shape), generator, device, torch.float32)              # 1: x_T ~ N(0, I)
+    for t in range(schedule.T, 0, -1):                                        # 2: for t = T, ..., 1 do
+        # 3: z ~ N(0, I) if t > 1, else z = 0
+        z = _randn(x_t.shape, generator, device, x_t.dtype) if t > 1 else torch.zeros_like(x_t)
+        # 4: x_{t-1} = 1/sqrt(alpha_t) (x_t - (1 - alpha_t)/sqrt(1 - alpha_bar_t) eps_theta(x_t, t)) + sigma_t z
+        # with the tables' entries at t (schedule.coef: table[t], shaped to broadcast over x_t). 1 - alpha_t
+        # is read as beta_t: in float32, 1 - alpha_t would lose digits at small t, where beta_t ~ 1e-4.
+        alpha_t, beta_t = schedule.coef(schedule.alpha, t, x_t), schedule.coef(schedule.beta, t, x_t)
+        sqrt_one_minus_alpha_bar_t = schedule.coef(schedule.sqrt_one_minus_alpha_bar, t, x_t)
+        sigma_t = schedule.coef(sigma2, t, x_t).sqrt()
+        eps = eps_model(x_t, torch.full((x_t.shape[0],), t, dtype=torch.long, device=device))  # eps_theta(x_t, t)
+        x_t = (x_t - beta_t / sqrt_one_minus_alpha_bar_t * eps) / alpha_t.sqrt() + sigma_t * z
+    return x_t                                                                # 5: end for; 6: return x_0

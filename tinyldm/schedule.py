@@ -156,6 +156,11 @@ class NoiseSchedule:
         # Both are +inf at t = 0 (no noise); torch gives inf for x / 0 without warning.
         snr = alpha_bar / one_minus
         log_snr = torch.log(alpha_bar) - torch.log1p(-alpha_bar)
+        # The posterior mean mu_tilde_t = c_x0[t] x_0 + c_xt[t] x_t (DDPM eq. 7), t >= 1; index 0 unused (0).
+        # t = 1: c_x0 = beta_1 / (1 - alpha_bar_1) = 1 and c_xt = 0, so mu_tilde_1 = x_0.
+        c_x0, c_xt = torch.zeros_like(beta), torch.zeros_like(beta)
+        c_x0[1:] = alpha_bar[:-1].sqrt() * beta[1:] / one_minus[1:]
+        c_xt[1:] = alpha[1:].sqrt() * one_minus[:-1] / one_minus[1:]
 
         self.beta, self.alpha, self.alpha_bar = beta.float(), alpha.float(), alpha_bar.float()
         self.sqrt_alpha_bar = alpha_bar.sqrt().float()
@@ -163,6 +168,7 @@ class NoiseSchedule:
         self.posterior_variance = post_var.float()
         self._sqrt_alpha, self._sqrt_beta = alpha.sqrt().float(), beta.sqrt().float()  # q_step
         self._snr, self._log_snr = snr.float(), log_snr.float()
+        self._mu_x0, self._mu_xt = c_x0.float(), c_xt.float()  # q_posterior_mean
 
     @classmethod
     def from_kind(cls, kind: BetaSchedule | str = "linear", **overrides) -> NoiseSchedule:
@@ -181,8 +187,11 @@ class NoiseSchedule:
                 f"beta_T={self.beta[T].item():.3g}, alpha_bar_T={self.alpha_bar[T].item():.3g})")
 
     # ---- time ------------------------------------------------------------------------
-    def _check_t(self, t, low: int = 0, high: int | None = None, name: str = "t") -> torch.Tensor:
-        """t as an int64 tensor, after checking it is an integer in [low, high] (default T)."""
+    def check_t(self, t, low: int = 0, high: int | None = None, name: str = "t") -> torch.Tensor:
+        """t as an int64 tensor (its shape kept: 0-dim for an int), after checking that it is an int or
+        an integer tensor with values in [low, high] (default high = T). ``name`` is the argument's
+        name in the error messages. Every method that takes a t goes through here, so a bad t is
+        reported the same way everywhere (the samplers use it too)."""
         high = self.T if high is None else high
         if isinstance(t, torch.Tensor):
             if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
@@ -203,13 +212,13 @@ class NoiseSchedule:
     def to_diffusers_timestep(self, t):
         """Our t in [1, T] -> diffusers' timestep k = t - 1 in [0, T - 1].
         int in, int out; tensor in, int64 tensor out."""
-        k = self._check_t(t, low=1) - 1
+        k = self.check_t(t, low=1) - 1
         return k if isinstance(t, torch.Tensor) else int(k)
 
     def from_diffusers_timestep(self, k):
         """diffusers' timestep k in [0, T - 1] -> our t = k + 1 in [1, T].
         int in, int out; tensor in, int64 tensor out."""
-        t = self._check_t(k, low=0, high=self.T - 1, name="diffusers timestep k") + 1
+        t = self.check_t(k, low=0, high=self.T - 1, name="diffusers timestep k") + 1
         return t if isinstance(k, torch.Tensor) else int(t)
 
     def sample_t(self, batch_size: int, generator: torch.Generator | None = None,
@@ -225,36 +234,50 @@ class NoiseSchedule:
 
     def snr(self, t) -> torch.Tensor:
         """snr_t = alpha_bar_t / (1 - alpha_bar_t), float32, shape of t (+inf at t = 0)."""
-        t = self._check_t(t)
+        t = self.check_t(t)
         return self._snr.to(t.device)[t]
 
     def log_snr(self, t) -> torch.Tensor:
         """log snr_t = log alpha_bar_t - log(1 - alpha_bar_t), float32 (+inf at t = 0)."""
-        t = self._check_t(t)
+        t = self.check_t(t)
         return self._log_snr.to(t.device)[t]
 
-    # ---- forward process -------------------------------------------------------------
-    def _coef(self, table: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """table[t] on x's device/dtype, shaped [b, 1, 1, ...] to broadcast against x."""
-        c = table.to(x.device)[t.to(x.device)].to(x.dtype)
+    # ---- looking up tables, checking inputs ------------------------------------------
+    def coef(self, table: torch.Tensor, t, x: torch.Tensor) -> torch.Tensor:
+        """``table[t]`` on x's device and dtype, shaped [b, 1, 1, ...] (or [1, 1, ...] for one t) so
+        that it broadcasts against x [b, ...]: the per-t coefficient of an update, e.g.
+        ``coef(self.sqrt_alpha_bar, t, x_0) * x_0``.
+
+        ``table``: one of the [T + 1] tables above. t: an int or an int64 tensor (0-dim or [b]), already
+        checked (``check_t`` / ``check_inputs``); it may live on the CPU or on x's device.
+        """
+        c = table.to(x.device)[torch.as_tensor(t, device=x.device)].to(x.dtype)
         return c.reshape(c.shape + (1,) * (x.ndim - c.ndim))
 
-    def _check_inputs(self, x: torch.Tensor, t, eps: torch.Tensor, low: int, x_name: str):
+    def check_inputs(self, x: torch.Tensor, t, eps: torch.Tensor, low: int = 0, x_name: str = "x_t",
+                     eps_name: str = "eps") -> torch.Tensor:
+        """Check the arguments (x, t, eps) of an update and return t as an int64 tensor (``check_t``).
+
+        x: a floating-point tensor [b, ...]; t: an int in [low, T] (one t for the batch) or an int64
+        tensor [b] (one per item); eps: a tensor of x's shape. ``x_name`` and ``eps_name`` are the
+        arguments' names in the error messages.
+        """
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
             raise TypeError(f"{x_name} must be a floating-point tensor; got {got}")
-        t = self._check_t(t, low=low)
+        t = self.check_t(t, low=low)
         if t.ndim > 1 or (t.ndim == 1 and (x.ndim == 0 or t.shape[0] != x.shape[0])):
             raise ValueError(f"t must be an int or an int64 tensor [b] with b = {x_name}.shape[0]; "
                              f"got t.shape = {list(t.shape)}, {x_name}.shape = {list(x.shape)}")
         if not isinstance(eps, torch.Tensor):
-            raise TypeError(f"eps must be a tensor of shape {list(x.shape)}; "
+            raise TypeError(f"{eps_name} must be a tensor of shape {list(x.shape)}; "
                             f"got {type(eps).__name__}")
         if eps.shape != x.shape:
-            raise ValueError(f"eps must have the shape of {x_name}: expected {list(x.shape)}, "
+            raise ValueError(f"{eps_name} must have the shape of {x_name}: expected {list(x.shape)}, "
                              f"got {list(eps.shape)}")
         return t
 
+    # ---- forward process -------------------------------------------------------------
     def q_sample(self, x_0: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
         """Sample x_t ~ q(x_t | x_0) in closed form (DDPM eq. 4), t in [0, T]:
         x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps.
@@ -262,15 +285,28 @@ class NoiseSchedule:
         x_0, eps: [b, ...]; t: int or int64 [b]. eps is an argument, not drawn here,
         because it is the training target. The result has x_0's device and dtype.
         """
-        t = self._check_inputs(x_0, t, eps, low=0, x_name="x_0")
-        return (self._coef(self.sqrt_alpha_bar, t, x_0) * x_0
-                + self._coef(self.sqrt_one_minus_alpha_bar, t, x_0) * eps)
+        t = self.check_inputs(x_0, t, eps, low=0, x_name="x_0")
+        return (self.coef(self.sqrt_alpha_bar, t, x_0) * x_0
+                + self.coef(self.sqrt_one_minus_alpha_bar, t, x_0) * eps)
 
     def q_step(self, x_prev: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
         """One forward step x_{t-1} -> x_t, t in [1, T] (DDPM eq. 2):
         q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I), i.e.
         x_t = sqrt(alpha_t) x_{t-1} + sqrt(beta_t) eps. Shapes as in ``q_sample``."""
-        t = self._check_inputs(x_prev, t, eps, low=1, x_name="x_prev")
-        return (self._coef(self._sqrt_alpha, t, x_prev) * x_prev
-                + self._coef(self._sqrt_beta, t, x_prev) * eps)
+        t = self.check_inputs(x_prev, t, eps, low=1, x_name="x_prev")
+        return (self.coef(self._sqrt_alpha, t, x_prev) * x_prev
+                + self.coef(self._sqrt_beta, t, x_prev) * eps)
 
+    def q_posterior_mean(self, x_0: torch.Tensor, x_t: torch.Tensor, t) -> torch.Tensor:
+        """The mean of the posterior q(x_{t-1} | x_t, x_0) = N(mu_tilde_t, beta_tilde_t I), t in [1, T]
+        (DDPM eq. 7; its variance is ``posterior_variance``):
+
+            mu_tilde_t(x_t, x_0) = sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t) x_0
+                                 + sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) x_t.
+
+        x_0, x_t: [b, ...]; t: int or int64 [b]. At t = 1 it is x_0 itself. With x_0 = the x_0 that
+        eps implies, it is the mean of Algorithm 2's line 4; samplers that clip the predicted x_0 use
+        this form (with the clipped x_0), as DDPM's code and diffusers' DDPMScheduler do.
+        """
+        t = self.check_inputs(x_t, t, x_0, low=1, x_name="x_t", eps_name="x_0")
+        return self.coef(self._mu_x0, t, x_t) * x_0 + self.coef(self._mu_xt, t, x_t) * x_t
