@@ -12,7 +12,7 @@ THE TIME CONVENTION (used everywhere in tinyldm)
   Index 0 is the clean-data entry: beta_0 = 0, alpha_0 = 1, alpha_bar_0 = 1, so
   q_sample(x_0, 0, eps) returns x_0 unchanged.
 * diffusers counts its timesteps k = 0..T-1 (its ``betas[k]`` is our beta[k + 1]).
-  Our t is diffusers' timestep t - 1; use ``to_diffusers_timestep`` and
+  diffusers' timestep k = t - 1 (our t = k + 1); use ``to_diffusers_timestep`` and
   ``from_diffusers_timestep`` at the boundary, never ad-hoc ``- 1``.
 
 Tensors: data x_0, x_t, eps have shape [b, ...] (e.g. [b, c, h, w]); t is a Python
