@@ -328,7 +328,8 @@ class Trainer:
         elif self.checkpoint_path.exists():
             kept = f"the last good checkpoint is kept at {self.checkpoint_path}"
         else:
-            kept = f"no checkpoint was written yet (the first comes at step {self.config.ckpt_every})"
+            kept = (f"no checkpoint was written yet (the first comes at step "
+                    f"{min(self.config.ckpt_every, self.config.steps)})")
         raise TrainingDiverged(
             f"{what} became {value} at step {step + 1} (max_loss={self.config.max_loss}); {kept}. "
             f"Try a lower lr (now {self.config.lr}), more warm-up, or gradient clipping; and check the data "
