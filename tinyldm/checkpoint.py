@@ -145,7 +145,8 @@ def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def fingerprint(model: torch.nn.Module) -> str:
-    """A short hash of a model's weights, so a cache made with other weights is not reused."""
+    """A short hash of a model's weights: a latent cache made with other weights is not reused, and a model file
+    records its partners' fingerprints (see :func:`check_partner`)."""
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())

@@ -197,13 +197,17 @@ def without_labels(dataset: LatentDataset, labels: Sequence[int]) -> Dataset:
     return Subset(dataset, keep.nonzero().flatten().tolist())
 
 
+def _check_condition(condition: str) -> None:
+    if condition not in CONDITIONS:
+        raise ValueError(f"expected condition one of {', '.join(map(repr, CONDITIONS))}, got {condition!r}")
+
+
 def unet_needs(condition: str, latent_channels: int, schedule: ScheduleConfig, context_dim: int | None = None) -> dict:
     """The UNetConfig fields that a diffusion run fixes, whatever the preset: the latent channels, the noise schedule
     (with the eps skip) and what the condition needs, and that it needs nothing else. A preset's own cross-attention
     width (sd_v1's 768 for CLIP) is dropped for an unconditional or class-conditional run, and a class table exists
     only for class labels."""
-    if condition not in CONDITIONS:
-        raise ValueError(f"expected condition one of {', '.join(map(repr, CONDITIONS))}, got {condition!r}")
+    _check_condition(condition)
     if (condition == "text") != (context_dim is not None):
         raise ValueError(f"context_dim (the text encoder's width) goes with condition 'text' only; got condition "
                          f"{condition!r} and context_dim={context_dim!r}")
@@ -230,8 +234,7 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
     Returns (the EMA model on the CPU, the trainer); with ``out`` also saves the EMA model there, together with the
     fingerprints of the autoencoder whose latents it learned (and of the text encoder), checked when it is loaded.
     """
-    if condition not in CONDITIONS:
-        raise ValueError(f"expected condition one of {', '.join(map(repr, CONDITIONS))}, got {condition!r}")
+    _check_condition(condition)
     train_config = train_config or TrainConfig(steps=8000, batch_size=64, lr=1e-3, warmup_steps=200,
                                                ema_decay=0.999)
     schedule = NoiseSchedule(schedule or ScheduleConfig.ddpm())
