@@ -131,3 +131,35 @@ def test_info_on_a_foreign_safetensors_file(tmp_path, capsys):
     save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
     assert main(["info", str(tmp_path / "other.safetensors")]) == 0
     assert "not written by tinyldm" in capsys.readouterr().out
+
+
+def test_train_on_large_upright_scenes_then_evaluate(tmp_path, monkeypatch, capsys):
+    """--sizes / --upright pick the training scenes (recorded in the file); evaluate samples and judges it."""
+    import json
+
+    from tinyldm.metrics import Judge, JudgeConfig
+    monkeypatch.setattr("tinyldm.recipes.BUILD_DIR", tmp_path)
+    ae, judge = tmp_path / "ae.safetensors", tmp_path / "judge.safetensors"
+    Autoencoder(AutoencoderConfig.tiny()).save(ae)
+    Judge(JudgeConfig(widths=(4, 8, 8, 8), feature_dim=8)).save(judge)
+    for condition in ("class", "none"):
+        out = tmp_path / f"{condition}.safetensors"
+        assert main(["train-diffusion", "--preset", "tiny", "--condition", condition, "--autoencoder", str(ae),
+                     "--sizes", "large", "--upright", "--n-images", "8", "--steps", "1", "--batch-size", "4",
+                     "--sample-every", "0", "--run-dir", str(tmp_path / condition), "--out", str(out)]) == 0
+        assert main(["info", str(out)]) == 0
+        assert "sizes=('large',), upright=True" in capsys.readouterr().out
+        assert main(["evaluate", str(out), "--autoencoder", str(ae), "--judge", str(judge), "--per-class", "1",
+                     "--steps", "2"]) == 0
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert result["n"] == 24
+        if condition == "class":
+            assert 0 <= result["all"] <= result["shape"] <= 1 and 0 <= result["color"] <= 1
+        else:
+            assert sorted(result["shapes"]) == sorted(["circle", "square", "triangle", "star"])
+            assert abs(sum(result["shapes"].values()) - 1) < 1e-3
+
+
+def test_bad_sizes_flag_is_a_usage_error(tmp_path, capsys):
+    assert main(["train-diffusion", "--sizes", "large,huge", "--run-dir", str(tmp_path / "run")]) == 2
+    assert "expected a comma-separated list of small, large" in capsys.readouterr().err

@@ -10,8 +10,8 @@ from torch.utils.data import DataLoader
 
 from tinyldm.data import (
     BACKGROUND_WORDS, COLOR_WORDS, COLORS, NUM_CLASSES, SCENE_TEMPLATES, SHAPE_WORDS, SHAPES,
-    SIZES, Background, DataError, ImageFolder, SceneObject, Scenes, TorchvisionImages,
-    class_name, describe, label_of, prepare_image, resize_center_crop, to_tensor_image,
+    SIZE_RADII, SIZES, UPRIGHT_ANGLES, Background, DataError, ImageFolder, SceneObject, Scenes, TorchvisionImages,
+    class_name, describe, label_of, prepare_image, render_scene, resize_center_crop, to_tensor_image,
 )
 
 
@@ -257,6 +257,50 @@ def test_scenes_rejects_bad_size(size):
 def test_scenes_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Scenes(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"sizes": ()}, r"sizes must be distinct names from \('small', 'large'\)"),
+    ({"sizes": "large"}, r"got 'large'"),
+    ({"sizes": ("huge",)}, r"got \('huge',\)"),
+    ({"sizes": ("large", "large")}, r"distinct"),
+    ({"upright": 1}, r"upright must be True or False, got 1"),
+])
+def test_scenes_rejects_bad_sizes_and_upright(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Scenes(**kwargs)
+
+
+def test_fewer_sizes_and_upright_change_only_what_they_say():
+    every, large = Scenes(length=64), Scenes(length=64, sizes=("large",))
+    upright = Scenes(length=64, upright=True)
+    assert "sizes=('large',)" in repr(large) and "upright=True" in repr(upright) and "sizes" not in repr(every)
+    seen_small = False
+    for i in range(64):
+        (a,), bg_a = every.objects(i)
+        (b,), bg_b = large.objects(i)
+        (c,), bg_c = upright.objects(i)
+        seen_small |= a.size == "small"
+        assert b.size == "large" and SIZE_RADII["large"][0] <= b.radius <= SIZE_RADII["large"][1]
+        assert (b.shape, b.color, b.angle, bg_b) == (a.shape, a.color, a.angle, bg_a)
+        assert (c.shape, c.color, c.size, c.cx, c.cy, c.radius, bg_c) == (a.shape, a.color, a.size, a.cx, a.cy,
+                                                                          a.radius, bg_a)
+    assert seen_small
+    assert Scenes(length=64, sizes=SIZES).objects(5) == every.objects(5)  # all sizes given = the default
+
+
+def test_upright_shapes_point_up_and_squares_sit_level():
+    """An upright triangle or star has a vertex straight above its centre; a square has level edges."""
+    for shape in ("triangle", "star", "square"):
+        obj = SceneObject(shape, "red", "large", 0.5, 0.5, 0.3, UPRIGHT_ANGLES[shape])
+        img, _ = render_scene([obj], Background("dark", (0.2, 0.2, 0.2), 0.0, 0.0), 64)
+        cover = img[0] > 0.5  # the red channel: the object
+        rows = cover.any(axis=1).nonzero()[0]
+        top = cover[rows[0]].nonzero()[0]
+        if shape == "square":  # level edges: the top row of the object is as wide as the object
+            assert len(top) >= 0.9 * cover.any(axis=0).sum()
+        else:  # a point up: the top row is a few pixels at the centre
+            assert len(top) <= 4 and abs(top.mean() - 31.5) <= 1.5
 
 
 def test_scenes_index_out_of_range():

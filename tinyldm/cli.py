@@ -5,6 +5,7 @@
     tinyldm train-diffusion [options]    train the latent denoiser on cached latents (resumable)
     tinyldm train-judge [options]        train the judge that scores generated scenes
     tinyldm train-text-encoder [options] train the offline CLIP-style text encoder on scene captions
+    tinyldm evaluate UNET [options]      the judge's reading of 240 samples of a trained UNet
     tinyldm info FILE                    what a tinyldm .safetensors file holds
 
 Each training command writes its model file into its run folder (``--run-dir``, under ``build/runs/``) unless
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 
 from .config import BUILD_DIR, DATA_DIR
+from .data.scenes import SIZES
 from .recipes import CONDITIONS
 from .unet import PRESETS as UNET_PRESETS
 
@@ -41,6 +43,14 @@ def _existing(path: str, flag: str, command: str) -> Path:
     if not path.is_file():
         raise UsageError(f"{flag} {path}: no such file. Make it with `{command}`, or pass the file you have.")
     return path
+
+
+def _names(value: str, flag: str) -> tuple[str, ...]:
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    bad = [v for v in names if v not in SIZES]
+    if not names or bad:
+        raise UsageError(f"{flag} {value!r}: expected a comma-separated list of {', '.join(SIZES)}")
+    return names
 
 
 def _cmd_course(args) -> int:
@@ -110,7 +120,8 @@ def _cmd_train_diffusion(args) -> int:
                                      train_config=tc, run_dir=args.run_dir, resume=not args.restart,
                                      device=args.device, out=_out(args), sample_every=args.sample_every,
                                      condition=args.condition, text_encoder=text_encoder, p_uncond=args.p_uncond,
-                                     hold_out=hold_out, snr_gamma=args.snr_gamma, init=args.init)
+                                     hold_out=hold_out, snr_gamma=args.snr_gamma, init=args.init,
+                                     sizes=_names(args.sizes, "--sizes"), upright=args.upright)
     print(f"saved {_out(args)}: {model.num_parameters() / 1e6:.2f}M parameters, {trainer.step} steps")
     return 0
 
@@ -159,6 +170,28 @@ def _cmd_info(args) -> int:
             if isinstance(value, dict) and "captions" in value:
                 value = {**value, "captions": f"<{len(value['captions'])} captions>"}
             print(f"{key}: {json.dumps(value, indent=1)}")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from .autoencoder import Autoencoder
+    from .metrics import Judge
+    from .recipes import sample_test
+    from .text import SceneCLIP
+    from .unet import UNet
+
+    ae = Autoencoder.load(_existing(args.autoencoder, "--autoencoder", "tinyldm train-autoencoder"))
+    judge = Judge.load(_existing(args.judge, "--judge", "tinyldm train-judge")).eval()
+    text_encoder = None
+    unet = UNet.load(_existing(args.unet, "UNET", "tinyldm train-diffusion"))
+    if unet.config.context_dim is not None:
+        text_encoder = SceneCLIP.load(_existing(args.text_encoder, "--text-encoder", "tinyldm train-text-encoder"))
+    unet = UNet.load(args.unet, autoencoder=ae, text_encoder=text_encoder)  # checks the partners
+    result = sample_test(unet.eval(), ae, judge, text_encoder, per_class=args.per_class, s=args.s,
+                         steps=args.steps, seed=args.seed)
+    def rounded(v):
+        return round(v, 4) if isinstance(v, float) else {k: rounded(x) for k, x in v.items()} if isinstance(v, dict) else v
+    print(json.dumps(rounded({"unet": args.unet, "s": args.s, "steps": args.steps, "seed": args.seed, **result})))
     return 0
 
 
@@ -214,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--autoencoder", default=str(DATA_DIR / "autoencoder-course.safetensors"))
     p.add_argument("--n-images", type=int, default=20_000, help="scenes to encode and train on")
     p.add_argument("--max-objects", type=int, default=1)
+    p.add_argument("--sizes", default=",".join(SIZES),
+                   help="the object sizes of the training scenes, from " + ", ".join(SIZES) + " (e.g. large)")
+    p.add_argument("--upright", action="store_true", help="every object upright instead of at a random rotation")
     _run_flags(p, "diffusion", steps=8000, batch_size=64, lr=1e-3)
     _resumable_flags(p, warmup=200, ckpt_every=500)
     p.add_argument("--grad-accum", type=int, default=1)
@@ -240,6 +276,18 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train-text-encoder", help="train the offline CLIP-style text encoder on scene captions")
     _run_flags(p, "text-encoder", steps=1000, batch_size=64, lr=1e-3)
     p.set_defaults(fn=_cmd_train_text_encoder)
+
+    p = sub.add_parser("evaluate", help="sample a trained UNet (24 classes x --per-class) and print what the "
+                                        "judge reads: shape and colour right, or the shape mix")
+    p.add_argument("unet", help="a UNet file made by train-diffusion")
+    p.add_argument("--autoencoder", default=str(DATA_DIR / "autoencoder-course.safetensors"))
+    p.add_argument("--judge", default=str(DATA_DIR / "judge-scenes64.safetensors"))
+    p.add_argument("--text-encoder", default=str(DATA_DIR / "text-scenes.safetensors"))
+    p.add_argument("--per-class", type=int, default=10, help="samples per class")
+    p.add_argument("--s", type=float, default=3.0, help="guidance scale (conditional models)")
+    p.add_argument("--steps", type=int, default=20, help="DDIM steps")
+    p.add_argument("--seed", type=int, default=1, help="the samples' noise")
+    p.set_defaults(fn=_cmd_evaluate)
 
     p = sub.add_parser("info", help="describe a tinyldm .safetensors file")
     p.add_argument("file")

@@ -21,9 +21,9 @@ from .autoencoder import Autoencoder, AutoencoderConfig, autoencoder_loss, recon
 from .checkpoint import fingerprint
 from .conditioning import LabelCondition, TextCondition
 from .config import BUILD_DIR, default_device, seeded
-from .data import NUM_CLASSES, Scenes, class_name, label_of, random_crops
+from .data import NUM_CLASSES, SHAPES, SIZES, Scenes, class_name, label_of, random_crops
 from .latents import LatentDataset, load_or_encode
-from .metrics import Judge, JudgeConfig, attribute_accuracy, judge_loss
+from .metrics import Judge, JudgeConfig, attribute_accuracy, class_attributes, judge_loss
 from .pipeline import generate
 from .sample import DDIM
 from .schedule import NoiseSchedule, ScheduleConfig
@@ -33,7 +33,7 @@ from .unet import UNet, UNetConfig
 from .viz import image_grid
 
 __all__ = ["train_autoencoder", "train_judge", "train_text_encoder", "train_diffusion", "zero_shot_accuracy",
-           "held_out_scenes", "course_latents", "without_labels", "unet_needs", "SampleGrids", "TEXT_HOLD_OUT",
+           "held_out_scenes", "course_latents", "without_labels", "unet_needs", "SampleGrids", "sample_test", "TEXT_HOLD_OUT",
            "CONDITIONS"]
 
 CONDITIONS = ("none", "class", "text")
@@ -158,10 +158,13 @@ def zero_shot_accuracy(model: SceneCLIP, n: int = 512) -> float:
     return (img @ txt.T).argmax(1).eq(labels).float().mean().item()
 
 
-def course_latents(ae: Autoencoder, n: int = 20_000, max_objects: int = 1, size: int = 64) -> LatentDataset:
-    """Cached latents of the first ``n`` training scenes (seed 0), under ``build/latents/``."""
-    scenes = Scenes(size=size, length=n, seed=0, max_objects=max_objects)
-    path = BUILD_DIR / "latents" / f"scenes{size}-{n}-obj{max_objects}-{fingerprint(ae)}.safetensors"
+def course_latents(ae: Autoencoder, n: int = 20_000, max_objects: int = 1, size: int = 64,
+                   sizes: Sequence[str] = SIZES, upright: bool = False) -> LatentDataset:
+    """Cached latents of the first ``n`` training scenes (seed 0), under ``build/latents/``; ``sizes`` and
+    ``upright`` as in :class:`tinyldm.data.Scenes`."""
+    scenes = Scenes(size=size, length=n, seed=0, max_objects=max_objects, sizes=sizes, upright=upright)
+    tag = ("-" + "+".join(scenes.sizes) if scenes.sizes != SIZES else "") + ("-upright" if upright else "")
+    path = BUILD_DIR / "latents" / f"scenes{size}-{n}-obj{max_objects}{tag}-{fingerprint(ae)}.safetensors"
     return load_or_encode(ae, scenes, path)
 
 
@@ -189,6 +192,41 @@ class SampleGrids:
                           device=trainer.device)
         self.folder.mkdir(parents=True, exist_ok=True)
         plt.imsave(self.folder / f"step_{step:07d}.png", image_grid(images, nrow=int(len(images) ** 0.5)))
+
+
+@torch.no_grad()
+def sample_test(model: UNet, ae: Autoencoder, judge: Judge, text_encoder: SceneCLIP | None = None,
+                per_class: int = 10, s: float = 3.0, steps: int = 20, seed: int = 1, device=None) -> dict:
+    """The course's test of a trained UNet: ``per_class`` samples for each of the 24 classes (DDIM with ``steps``,
+    guided with scale ``s``), read by the judge. The same call, seed and size give the same samples.
+
+    Class model: label y; text model: the prompt "a {colour} {shape}" (needs ``text_encoder``); unconditional
+    model: as many samples, unguided. Returns ``{"n", "all", "shape", "color"}`` (shares; "all" = shape and colour
+    both right) for a conditional model, and for a text model with held-out labels the same over them as
+    ``"held_out"``; for an unconditional model ``{"n", "shapes"}``: the share of samples the judge reads as each
+    shape (the data has each in a quarter of its scenes)."""
+    labels = torch.arange(NUM_CLASSES).repeat_interleave(per_class)
+    n, sampler = len(labels), DDIM(model.schedule, steps=steps)
+    shape = ae.latent_shape((1, 3, judge.config.image_size, judge.config.image_size))[1:]  # the judge's scenes
+    if model.config.num_classes is not None:
+        condition = LabelCondition(model.config.num_classes)
+        cond, null = condition.given(labels), condition.null(n)
+    elif model.config.context_dim is not None:
+        if text_encoder is None:
+            raise ValueError("this UNet is text-conditional: pass the text_encoder its file was trained with")
+        condition = TextCondition(text_encoder)
+        cond, null = condition.given([f"a {class_name(int(y))}" for y in labels]), condition.null(n)
+    else:
+        images = generate(model, ae, n=n, sampler=sampler, seed=seed, latent_shape=shape, device=device)
+        read = judge.predict(images)["shape"]
+        return {"n": n, "shapes": {name: (read == i).float().mean().item() for i, name in enumerate(SHAPES)}}
+    images = generate(model, ae, cond, null, s=s, sampler=sampler, seed=seed, latent_shape=shape, device=device)
+    truth = class_attributes(labels)
+    result = {"n": n, **{k: v for k, v in attribute_accuracy(judge, images, truth).items() if k != "size"}}
+    held = torch.isin(labels, torch.as_tensor(getattr(model, "info", {}).get("hold_out") or [], dtype=torch.long))
+    if held.any():
+        result["held_out"] = {"n": int(held.sum()), **attribute_accuracy(judge, images[held], truth[held])}
+    return result
 
 
 def without_labels(dataset: LatentDataset, labels: Sequence[int]) -> Dataset:
@@ -220,7 +258,8 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
                     run_dir: str | Path | None = None, resume: bool = True, device=None,
                     out: str | Path | None = None, sample_every: int = 0, condition: str = "none",
                     text_encoder=None, p_uncond: float = 0.1, hold_out: Sequence[int] = (),
-                    snr_gamma: float | None = None, init: str | Path | None = None) -> tuple[UNet, Trainer]:
+                    snr_gamma: float | None = None, init: str | Path | None = None,
+                    sizes: Sequence[str] = SIZES, upright: bool = False) -> tuple[UNet, Trainer]:
     """Train an eps-prediction UNet (Algorithm 1) on cached latents of ``ae``.
 
     ``condition``: "none" (unconditional, ``model(x_t, t)``), "class" (class labels y, with a null label) or
@@ -228,7 +267,7 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
     null with probability ``p_uncond`` so they can be guided. ``schedule``: the noise schedule (default DDPM's
     linear one), saved in the UNet's config so that sampling uses it. ``snr_gamma``: Min-SNR loss weighting (see
     EpsLoss). ``hold_out``: class labels (shape-colour pairs) left out of training, to test generalisation to new
-    combinations. ``init``: go on training a saved UNet (its file gives the network; ``preset`` is then not used)
+    combinations. ``sizes`` / ``upright``: which scenes to learn (see :class:`tinyldm.data.Scenes`). ``init``: go on training a saved UNet (its file gives the network; ``preset`` is then not used)
     with a fresh optimizer and lr schedule. The recipe's UNets use the eps skip (see :class:`tinyldm.unet.UNet`).
 
     Returns (the EMA model on the CPU, the trainer); with ``out`` also saves the EMA model there, together with the
@@ -238,7 +277,7 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
     train_config = train_config or TrainConfig(steps=8000, batch_size=64, lr=1e-3, warmup_steps=200,
                                                ema_decay=0.999)
     schedule = NoiseSchedule(schedule or ScheduleConfig.ddpm())
-    latents = course_latents(ae, n_images, max_objects)
+    latents = course_latents(ae, n_images, max_objects, sizes=sizes, upright=upright)
     data = without_labels(latents, hold_out) if hold_out else latents
     shape = tuple(latents.latents.shape[1:])
     n_grid, condition_, cond, null = 16, None, None, None
@@ -271,7 +310,8 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
     trainer.fit()
     model = (trainer.ema if trainer.ema is not None else trainer.model).cpu().eval()
     if out is not None:
-        model.save(out, autoencoder=fingerprint(ae), steps=trainer.step, data=repr(latents), condition=condition,
+        model.save(out, autoencoder=fingerprint(ae), steps=trainer.step, data=repr(latents),
+                   scenes=latents.info["dataset"], condition=condition,
                    p_uncond=p_uncond, hold_out=list(hold_out), snr_gamma=snr_gamma,
                    init=str(init) if init is not None else None,
                    text_encoder=fingerprint(text_encoder) if text_encoder is not None else None,

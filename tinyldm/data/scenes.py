@@ -41,7 +41,7 @@ import torch
 from torch.utils.data import Dataset
 
 __all__ = [
-    "SHAPES", "COLORS", "SIZES", "SIZE_RADII", "NUM_CLASSES", "MAX_OBJECTS",
+    "SHAPES", "COLORS", "SIZES", "SIZE_RADII", "UPRIGHT_ANGLES", "NUM_CLASSES", "MAX_OBJECTS",
     "COLOR_WORDS", "SHAPE_WORDS", "SIZE_WORDS", "POSITION_WORDS", "BACKGROUND_WORDS",
     "OBJECT_TEMPLATES", "JOIN_TEMPLATES", "SCENE_TEMPLATES",
     "DataError", "SceneObject", "Background",
@@ -86,6 +86,9 @@ _SIZE_INDEX = {name: i for i, name in enumerate(SIZES)}
 
 # Rotational symmetry order per shape (0 = any angle, i.e. a circle).
 _SYMMETRY = {"circle": 0, "square": 4, "triangle": 3, "star": 5}
+# The angle at which a shape stands upright: a point straight up (angle -pi/2, since y points down, reduced to
+# the symmetry period), except the square, whose edges are then level.
+UPRIGHT_ANGLES = {"circle": 0.0, "square": math.pi / 4, "triangle": math.pi / 6, "star": 3 * math.pi / 10}
 # Inner-to-outer radius of the star; fatter than a regular pentagram (0.38) so the
 # arms survive antialiasing at 32 px.
 _STAR_INNER = 0.47
@@ -278,13 +281,17 @@ def describe(objects: Sequence[SceneObject], background: Background | str,
 # Sampling a scene
 # ----------------------------------------------------------------------------
 
-def _sample_object(rng: np.random.Generator, placed: list[SceneObject]) -> SceneObject:
+def _sample_object(rng: np.random.Generator, placed: list[SceneObject], sizes: Sequence[str] = SIZES,
+                   upright: bool = False) -> SceneObject:
     shape = SHAPES[int(rng.integers(len(SHAPES)))]
     color = list(COLORS)[int(rng.integers(len(COLORS)))]
-    size = SIZES[int(rng.integers(len(SIZES)))]
+    # Always one draw over all of SIZES, so that restricting the sizes changes nothing else that is drawn.
+    size = sizes[int(rng.integers(len(SIZES))) % len(sizes)]
     radius = float(rng.uniform(*SIZE_RADII[size]))
     order = _SYMMETRY[shape]
     angle = float(rng.uniform(0.0, 2 * math.pi / order)) if order else 0.0
+    if upright:  # drawn all the same, so that an upright scene is the rotated one turned back
+        angle = UPRIGHT_ANGLES[shape]
 
     # Rejection sampling for limited overlap: centres at least 0.8 * (r_i + r_j)
     # apart. Crowded scenes may have no such spot, so after a few tries keep the
@@ -312,13 +319,15 @@ def _sample_background(rng: np.random.Generator) -> Background:
     return Background(tone, tuple(float(c) for c in rgb), angle, amplitude)
 
 
-def sample_scene(rng: np.random.Generator, min_objects: int = 1,
-                 max_objects: int = 1) -> tuple[list[SceneObject], Background]:
-    """Draw a random scene: (objects in drawing order, background)."""
+def sample_scene(rng: np.random.Generator, min_objects: int = 1, max_objects: int = 1,
+                 sizes: Sequence[str] = SIZES, upright: bool = False) -> tuple[list[SceneObject], Background]:
+    """Draw a random scene: (objects in drawing order, background). ``sizes``: the size classes to draw from
+    (uniformly); ``upright``: every object standing upright (``UPRIGHT_ANGLES``) instead of at a
+    uniformly random rotation."""
     n = int(rng.integers(min_objects, max_objects + 1))
     objects: list[SceneObject] = []
     for _ in range(n):
-        objects.append(_sample_object(rng, objects))
+        objects.append(_sample_object(rng, objects, sizes, upright))
     return objects, _sample_background(rng)
 
 
@@ -434,10 +443,16 @@ class Scenes(Dataset):
             in "masks" and "attributes".
         min_objects: objects per scene at least (>= 1). The count is uniform in
             [min_objects, max_objects].
+        sizes: the size classes objects are drawn from, a non-empty subset of
+            SIZES (default: all). With fewer classes, item i keeps the colour,
+            shape, rotation and background it has with all of them.
+        upright: draw every object standing upright (a point up, a square's
+            edges level) instead of at a random rotation: the same items, turned.
     """
 
     def __init__(self, size: int = 64, length: int = 10_000, seed: int = 0,
-                 max_objects: int = 1, min_objects: int = 1):
+                 max_objects: int = 1, min_objects: int = 1, sizes: Sequence[str] = SIZES,
+                 upright: bool = False):
         self.size = _check_int("size", size, 32, 512)
         self.length = _check_int("length", length, 1)
         self.seed = _check_int("seed", seed, 0)
@@ -446,6 +461,11 @@ class Scenes(Dataset):
         if self.min_objects > self.max_objects:
             raise DataError(f"min_objects must be <= max_objects, got min_objects={min_objects} "
                             f"and max_objects={max_objects}")
+        if isinstance(sizes, str) or not sizes or any(v not in SIZES for v in sizes) or len(set(sizes)) < len(sizes):
+            raise DataError(f"sizes must be distinct names from {SIZES}, e.g. ('large',), got {sizes!r}")
+        if not isinstance(upright, bool):
+            raise DataError(f"upright must be True or False, got {upright!r}")
+        self.sizes, self.upright = tuple(sizes), upright
 
     def __len__(self) -> int:
         return self.length
@@ -460,7 +480,7 @@ class Scenes(Dataset):
 
     def objects(self, index: int) -> tuple[list[SceneObject], Background]:
         """The scene of item ``index``: (objects in drawing order, background)."""
-        return sample_scene(self._rng(index), self.min_objects, self.max_objects)
+        return sample_scene(self._rng(index), self.min_objects, self.max_objects, self.sizes, self.upright)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """Item ``index`` as a dict:
@@ -475,7 +495,7 @@ class Scenes(Dataset):
                       object; rows of -1 for absent slots
         """
         rng = self._rng(index)
-        objects, background = sample_scene(rng, self.min_objects, self.max_objects)
+        objects, background = sample_scene(rng, self.min_objects, self.max_objects, self.sizes, self.upright)
         caption = describe(objects, background, rng)  # same rng: reproducible
         image, masks = render_scene(objects, background, self.size, self.max_objects)
         image *= 2.0
@@ -493,5 +513,7 @@ class Scenes(Dataset):
         }
 
     def __repr__(self) -> str:
+        extra = "".join([f", sizes={self.sizes}" if self.sizes != SIZES else "",
+                         ", upright=True" if self.upright else ""])
         return (f"Scenes(size={self.size}, length={self.length}, seed={self.seed}, "
-                f"max_objects={self.max_objects}, min_objects={self.min_objects})")
+                f"max_objects={self.max_objects}, min_objects={self.min_objects}{extra})")
