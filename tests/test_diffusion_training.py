@@ -4,9 +4,9 @@ import torch
 
 from tinyldm.autoencoder import Autoencoder, AutoencoderConfig
 from tinyldm.conditioning import LabelCondition
-from tinyldm.data import Scenes
+from tinyldm.data import SIZES, UPRIGHT_ANGLES, Scenes
 from tinyldm.pipeline import generate
-from tinyldm.recipes import CONDITIONS, train_diffusion, unet_needs
+from tinyldm.recipes import CONDITIONS, course_latents, course_scenes, train_diffusion, unet_needs
 from tinyldm.sample import DDIM, sample
 from tinyldm.schedule import NoiseSchedule, ScheduleConfig
 from tinyldm.text import SceneCLIP, SceneCLIPConfig
@@ -69,6 +69,18 @@ def test_train_diffusion_pipeline_tiny(tmp_path, monkeypatch):
                progress=False)
     assert z.shape == (2, 4, 8, 8) and torch.isfinite(z).all()
     assert ae.from_latent(z).shape == (2, 3, 32, 32)
+    # the course's scenes by default (one large upright object), recorded in the file
+    assert loaded.info["scenes"] == repr(course_scenes(8)) and "sizes=('large',), upright=True" in loaded.info["scenes"]
+
+
+def test_course_scenes_are_large_and_upright_and_other_scenes_can_be_asked_for(tmp_path, monkeypatch):
+    monkeypatch.setattr("tinyldm.recipes.BUILD_DIR", tmp_path)
+    scenes = course_scenes(32, seed=1)
+    assert all(o.size == "large" and o.angle == UPRIGHT_ANGLES[o.shape] for i in range(32) for o in scenes.objects(i)[0])
+    ae = Autoencoder(AutoencoderConfig.tiny())
+    every = course_latents(ae, 8, size=32, sizes=SIZES, upright=False)
+    assert every.info["dataset"] == repr(Scenes(size=32, length=8, seed=0))
+    assert course_latents(ae, 8, size=32).path != every.path  # separate caches, never mixed up
 
 
 class LabelledLatents(Latents):

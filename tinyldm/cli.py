@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .config import BUILD_DIR, DATA_DIR
 from .data.scenes import SIZES
-from .recipes import CONDITIONS
+from .recipes import CONDITIONS, COURSE_SCENES
 from .unet import PRESETS as UNET_PRESETS
 
 
@@ -247,9 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--autoencoder", default=str(DATA_DIR / "autoencoder-course.safetensors"))
     p.add_argument("--n-images", type=int, default=20_000, help="scenes to encode and train on")
     p.add_argument("--max-objects", type=int, default=1)
-    p.add_argument("--sizes", default=",".join(SIZES),
-                   help="the object sizes of the training scenes, from " + ", ".join(SIZES) + " (e.g. large)")
-    p.add_argument("--upright", action="store_true", help="every object upright instead of at a random rotation")
+    p.add_argument("--sizes", default=",".join(COURSE_SCENES["sizes"]),
+                   help="the object sizes of the training scenes, from " + ", ".join(SIZES) + " (default: %(default)s)")
+    p.add_argument("--upright", action=argparse.BooleanOptionalAction, default=COURSE_SCENES["upright"],
+                   help="every object upright; --no-upright: at random rotations (default: %(default)s)")
     _run_flags(p, "diffusion", steps=8000, batch_size=64, lr=1e-3)
     _resumable_flags(p, warmup=200, ckpt_every=500)
     p.add_argument("--grad-accum", type=int, default=1)

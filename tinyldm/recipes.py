@@ -33,10 +33,16 @@ from .unet import UNet, UNetConfig
 from .viz import image_grid
 
 __all__ = ["train_autoencoder", "train_judge", "train_text_encoder", "train_diffusion", "zero_shot_accuracy",
-           "held_out_scenes", "course_latents", "without_labels", "unet_needs", "SampleGrids", "sample_test", "TEXT_HOLD_OUT",
-           "CONDITIONS"]
+           "held_out_scenes", "course_scenes", "course_latents", "without_labels", "unet_needs", "SampleGrids", "sample_test", "TEXT_HOLD_OUT",
+           "COURSE_SCENES", "CONDITIONS"]
 
 CONDITIONS = ("none", "class", "text")
+
+# The scenes the course's diffusion models learn: one object, large and upright. The autoencoder, the judge and the
+# text encoder learn every size and rotation; the generators get the slice that a 1M-parameter UNet learns on a
+# laptop. At f = 4 a small object spans about 5x5 latent cells, too few for its corners, and every rotation is one
+# more outline to learn (docs/experiments.md measures what each simplification buys).
+COURSE_SCENES = {"sizes": ("large",), "upright": True}
 
 # (shape, colour) pairs the text model never sees together in training: "a yellow triangle", "a blue star"
 TEXT_HOLD_OUT = (label_of("triangle", "yellow"), label_of("star", "blue"))
@@ -158,10 +164,17 @@ def zero_shot_accuracy(model: SceneCLIP, n: int = 512) -> float:
     return (img @ txt.T).argmax(1).eq(labels).float().mean().item()
 
 
+def course_scenes(n: int, seed: int = 0, size: int = 64, max_objects: int = 1) -> Scenes:
+    """The scenes the course's diffusion models learn (``COURSE_SCENES``): seed 0 is their training set, other seeds
+    give real scenes of the same kind to compare samples with."""
+    return Scenes(size=size, length=n, seed=seed, max_objects=max_objects, **COURSE_SCENES)
+
+
 def course_latents(ae: Autoencoder, n: int = 20_000, max_objects: int = 1, size: int = 64,
-                   sizes: Sequence[str] = SIZES, upright: bool = False) -> LatentDataset:
+                   sizes: Sequence[str] = COURSE_SCENES["sizes"],
+                   upright: bool = COURSE_SCENES["upright"]) -> LatentDataset:
     """Cached latents of the first ``n`` training scenes (seed 0), under ``build/latents/``; ``sizes`` and
-    ``upright`` as in :class:`tinyldm.data.Scenes`."""
+    ``upright`` as in :class:`tinyldm.data.Scenes` (default: ``COURSE_SCENES``)."""
     scenes = Scenes(size=size, length=n, seed=0, max_objects=max_objects, sizes=sizes, upright=upright)
     tag = ("-" + "+".join(scenes.sizes) if scenes.sizes != SIZES else "") + ("-upright" if upright else "")
     path = BUILD_DIR / "latents" / f"scenes{size}-{n}-obj{max_objects}{tag}-{fingerprint(ae)}.safetensors"
@@ -259,7 +272,8 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
                     out: str | Path | None = None, sample_every: int = 0, condition: str = "none",
                     text_encoder=None, p_uncond: float = 0.1, hold_out: Sequence[int] = (),
                     snr_gamma: float | None = None, init: str | Path | None = None,
-                    sizes: Sequence[str] = SIZES, upright: bool = False) -> tuple[UNet, Trainer]:
+                    sizes: Sequence[str] = COURSE_SCENES["sizes"],
+                    upright: bool = COURSE_SCENES["upright"]) -> tuple[UNet, Trainer]:
     """Train an eps-prediction UNet (Algorithm 1) on cached latents of ``ae``.
 
     ``condition``: "none" (unconditional, ``model(x_t, t)``), "class" (class labels y, with a null label) or
@@ -267,7 +281,7 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
     null with probability ``p_uncond`` so they can be guided. ``schedule``: the noise schedule (default DDPM's
     linear one), saved in the UNet's config so that sampling uses it. ``snr_gamma``: Min-SNR loss weighting (see
     EpsLoss). ``hold_out``: class labels (shape-colour pairs) left out of training, to test generalisation to new
-    combinations. ``sizes`` / ``upright``: which scenes to learn (see :class:`tinyldm.data.Scenes`). ``init``: go on training a saved UNet (its file gives the network; ``preset`` is then not used)
+    combinations. ``sizes`` / ``upright``: which scenes to learn (see :class:`tinyldm.data.Scenes`; default: ``COURSE_SCENES``). ``init``: go on training a saved UNet (its file gives the network; ``preset`` is then not used)
     with a fresh optimizer and lr schedule. The recipe's UNets use the eps skip (see :class:`tinyldm.unet.UNet`).
 
     Returns (the EMA model on the CPU, the trainer); with ``out`` also saves the EMA model there, together with the
