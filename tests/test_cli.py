@@ -1,4 +1,5 @@
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -58,6 +59,13 @@ def test_train_text_encoder_then_text_diffusion(tmp_path, monkeypatch, capsys):
     assert main(["info", str(tmp_path / "unet.safetensors")]) == 0
     printed = capsys.readouterr().out
     assert '"condition": "text"' in printed and '"hold_out"' in printed and '"context_dim": 128' in printed
+    from tinyldm.metrics import Judge, JudgeConfig
+    Judge(JudgeConfig(widths=(4, 8, 8, 8), feature_dim=8)).save(tmp_path / "judge.safetensors")
+    assert main(["evaluate", str(tmp_path / "unet.safetensors"), "--autoencoder", str(tmp_path / "ae.safetensors"),
+                 "--judge", str(tmp_path / "judge.safetensors"), "--text-encoder", str(text), "--per-class", "1",
+                 "--steps", "1"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["n"] == 24 and result["held_out"]["n"] == 2  # one prompt each for the held-out labels 0 and 1
 
 
 def _weights(path):
@@ -135,8 +143,6 @@ def test_info_on_a_foreign_safetensors_file(tmp_path, capsys):
 
 def test_train_on_large_upright_scenes_then_evaluate(tmp_path, monkeypatch, capsys):
     """--sizes / --upright pick the training scenes (recorded in the file); evaluate samples and judges it."""
-    import json
-
     from tinyldm.metrics import Judge, JudgeConfig
     monkeypatch.setattr("tinyldm.recipes.BUILD_DIR", tmp_path)
     ae, judge = tmp_path / "ae.safetensors", tmp_path / "judge.safetensors"
