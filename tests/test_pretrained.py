@@ -10,7 +10,7 @@ from tinyldm.pipeline import generate
 from tinyldm.pretrained import (COURSE_AUTOENCODER, COURSE_CLASS_UNET, COURSE_JUDGE, COURSE_TEXT_ENCODER,
                                 COURSE_TEXT_UNET, COURSE_UNET, course_autoencoder, course_class_unet, course_judge,
                                 course_text_encoder, course_text_unet, course_unet)
-from tinyldm.recipes import held_out_scenes
+from tinyldm.recipes import course_scenes
 from tinyldm.sample import DDIM
 from tinyldm.text import CLIPTextEncoder, TextEncoderNotFound
 
@@ -37,9 +37,9 @@ def test_the_class_model_draws_the_asked_colour_and_mostly_the_shape(course):
     with no_network():
         images = generate(course["class"], course["ae"], condition.given(labels), condition.null(NUM_CLASSES), s=3.0)
     acc = attribute_accuracy(course["judge"], images, class_attributes(labels))
-    # the shipped model gets the colour right almost always and shape and colour together in about two of three
-    # samples (docs/experiments.md); chance is 1/24 for both, 1/6 for the colour
-    assert acc["color"] >= 0.8 and acc["all"] >= 0.3, acc
+    # the shipped model gets the colour right almost always and shape and colour together in about nine of ten
+    # samples (docs/experiments.md); chance is 1/24 for both, 1/6 for the colour. 24 samples: a wide margin
+    assert acc["color"] >= 0.8 and acc["all"] >= 0.6, acc
 
 
 def test_the_text_model_follows_the_prompts_colour(course):
@@ -49,17 +49,22 @@ def test_the_text_model_follows_the_prompts_colour(course):
         images = generate(course["text_unet"], course["ae"], condition.given(prompts), condition.null(NUM_CLASSES),
                           s=3.0)
     acc = attribute_accuracy(course["judge"], images, class_attributes(torch.arange(NUM_CLASSES)))
-    assert acc["color"] >= 0.8 and acc["all"] >= 0.3, acc
+    assert acc["color"] >= 0.8 and acc["all"] >= 0.5, acc
 
 
 def test_the_unconditional_model_makes_scenes_not_noise(course):
     with no_network():
         images = generate(course["unet"], course["ae"], n=64, sampler=DDIM(course["unet"].schedule, steps=20))
-    real = held_out_scenes(64, 64, max_objects=1)
+    scenes = course_scenes(64, seed=1)  # the kind of scene it learned, not seen in training
+    real = torch.stack([scenes[i]["image"] for i in range(64)])
     noise = torch.rand(64, 3, 64, 64) * 2 - 1
     judge = course["judge"]
     assert images.shape == (64, 3, 64, 64) and images.min() >= -1 and images.max() <= 1
     assert fsd(judge, real, images) < 0.2 * fsd(judge, real, noise)
+    # not collapsed onto one shape: the judge reads at least three of the four (the data has a quarter each; the
+    # shipped model's mix is further from it, see docs/experiments.md)
+    shares = torch.bincount(judge.predict(images)["shape"], minlength=4) / 64
+    assert (shares > 0).sum() >= 3 and shares.max() <= 0.75, shares
 
 
 def test_the_clip_path_says_what_to_download_without_reaching_the_network(monkeypatch, tmp_path):
