@@ -169,3 +169,16 @@ def test_train_on_large_upright_scenes_then_evaluate(tmp_path, monkeypatch, caps
 def test_bad_sizes_flag_is_a_usage_error(tmp_path, capsys):
     assert main(["train-diffusion", "--sizes", "large,huge", "--run-dir", str(tmp_path / "run")]) == 2
     assert "expected a comma-separated list of small, large" in capsys.readouterr().err
+
+
+def test_evaluate_with_another_autoencoder_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("tinyldm.recipes.BUILD_DIR", tmp_path)
+    ae, other = tmp_path / "ae.safetensors", tmp_path / "other.safetensors"
+    Autoencoder(AutoencoderConfig.tiny()).save(ae)
+    torch.manual_seed(1)
+    Autoencoder(AutoencoderConfig.tiny()).save(other)
+    assert main(["train-diffusion", "--preset", "tiny", "--autoencoder", str(ae), "--n-images", "8", "--steps", "1",
+                 "--batch-size", "4", "--sample-every", "0", "--run-dir", str(tmp_path / "run")]) == 0
+    assert main(["evaluate", str(tmp_path / "run" / "model.safetensors"), "--autoencoder", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "autoencoder" in err and "--autoencoder" in err and "Traceback" not in err

@@ -175,6 +175,7 @@ def _cmd_info(args) -> int:
 
 def _cmd_evaluate(args) -> int:
     from .autoencoder import Autoencoder
+    from .checkpoint import CheckpointError, check_partner
     from .metrics import Judge
     from .recipes import sample_test
     from .text import SceneCLIP
@@ -182,17 +183,27 @@ def _cmd_evaluate(args) -> int:
 
     ae = Autoencoder.load(_existing(args.autoencoder, "--autoencoder", "tinyldm train-autoencoder"))
     judge = Judge.load(_existing(args.judge, "--judge", "tinyldm train-judge")).eval()
-    text_encoder = None
     unet = UNet.load(_existing(args.unet, "UNET", "tinyldm train-diffusion"))
+    text_encoder = None
     if unet.config.context_dim is not None:
         text_encoder = SceneCLIP.load(_existing(args.text_encoder, "--text-encoder", "tinyldm train-text-encoder"))
-    unet = UNet.load(args.unet, autoencoder=ae, text_encoder=text_encoder)  # checks the partners
+    try:
+        check_partner(unet, ae, "autoencoder", "autoencoder")
+        if text_encoder is not None:
+            check_partner(unet, text_encoder, "text_encoder", "text encoder")
+    except CheckpointError as e:
+        raise UsageError(f"{e} (pass the files it was trained with: --autoencoder, --text-encoder)")
     result = sample_test(unet.eval(), ae, judge, text_encoder, per_class=args.per_class, s=args.s,
                          steps=args.steps, seed=args.seed)
-    def rounded(v):
-        return round(v, 4) if isinstance(v, float) else {k: rounded(x) for k, x in v.items()} if isinstance(v, dict) else v
-    print(json.dumps(rounded({"unet": args.unet, "s": args.s, "steps": args.steps, "seed": args.seed, **result})))
+    print(json.dumps(_rounded({"unet": args.unet, "s": args.s, "steps": args.steps, "seed": args.seed, **result})))
     return 0
+
+
+def _rounded(value):
+    """Shares to 4 decimals, in nested dicts, for printing."""
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return round(value, 4) if isinstance(value, float) else value
 
 
 def _run_flags(p: argparse.ArgumentParser, name: str, steps: int, batch_size: int, lr: float) -> None:

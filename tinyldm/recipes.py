@@ -33,8 +33,8 @@ from .unet import UNet, UNetConfig
 from .viz import image_grid
 
 __all__ = ["train_autoencoder", "train_judge", "train_text_encoder", "train_diffusion", "zero_shot_accuracy",
-           "held_out_scenes", "course_scenes", "course_latents", "without_labels", "unet_needs", "SampleGrids", "sample_test", "TEXT_HOLD_OUT",
-           "COURSE_SCENES", "CONDITIONS"]
+           "held_out_scenes", "course_scenes", "course_latents", "without_labels", "unet_needs", "SampleGrids",
+           "sample_test", "TEXT_HOLD_OUT", "COURSE_SCENES", "CONDITIONS"]
 
 CONDITIONS = ("none", "class", "text")
 
@@ -235,7 +235,7 @@ def sample_test(model: UNet, ae: Autoencoder, judge: Judge, text_encoder: SceneC
         return {"n": n, "shapes": {name: (read == i).float().mean().item() for i, name in enumerate(SHAPES)}}
     images = generate(model, ae, cond, null, s=s, sampler=sampler, seed=seed, latent_shape=shape, device=device)
     truth = class_attributes(labels)
-    result = {"n": n, **{k: v for k, v in attribute_accuracy(judge, images, truth).items() if k != "size"}}
+    result = {"n": n, **attribute_accuracy(judge, images, truth)}
     held = torch.isin(labels, torch.as_tensor(getattr(model, "info", {}).get("hold_out") or [], dtype=torch.long))
     if held.any():
         result["held_out"] = {"n": int(held.sum()), **attribute_accuracy(judge, images[held], truth[held])}
