@@ -281,7 +281,8 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
     null with probability ``p_uncond`` so they can be guided. ``schedule``: the noise schedule (default DDPM's
     linear one), saved in the UNet's config so that sampling uses it. ``snr_gamma``: Min-SNR loss weighting (see
     EpsLoss). ``hold_out``: class labels (shape-colour pairs) left out of training, to test generalisation to new
-    combinations. ``sizes`` / ``upright``: which scenes to learn (see :class:`tinyldm.data.Scenes`; default: ``COURSE_SCENES``). ``init``: go on training a saved UNet (its file gives the network; ``preset`` is then not used)
+    combinations. ``sizes`` / ``upright``: which scenes to learn (see :class:`tinyldm.data.Scenes`; default:
+    ``COURSE_SCENES``). ``init``: go on training a saved UNet (its file gives the network; ``preset`` is then not used)
     with a fresh optimizer and lr schedule. The recipe's UNets use the eps skip (see :class:`tinyldm.unet.UNet`).
 
     Returns (the EMA model on the CPU, the trainer); with ``out`` also saves the EMA model there, together with the
