@@ -7,16 +7,19 @@ from tinyldm.conditioning import LabelCondition, TextCondition
 from tinyldm.data import NUM_CLASSES, class_name
 from tinyldm.metrics import attribute_accuracy, class_attributes, fsd
 from tinyldm.pipeline import generate
-from tinyldm.pretrained import (COURSE_AUTOENCODER, COURSE_CLASS_UNET, COURSE_JUDGE, COURSE_TEXT_ENCODER,
-                                COURSE_TEXT_UNET, COURSE_UNET, course_autoencoder, course_class_unet, course_judge,
-                                course_text_encoder, course_text_unet, course_unet)
-from tinyldm.recipes import course_scenes
+from tinyldm.pretrained import (COURSE_AUTOENCODER, COURSE_CLASS_UNET, COURSE_JUDGE, COURSE_RETRIEVAL_UNET,
+                                COURSE_TEXT_ENCODER, COURSE_TEXT_UNET, COURSE_UNET, course_autoencoder,
+                                course_class_unet, course_judge, course_retrieval_unet, course_text_encoder,
+                                course_text_unet, course_unet)
+from tinyldm.recipes import course_database, course_scenes, retrieval_queries
+from tinyldm.retrieval import RetrievalCondition, SceneImageEncoder
 from tinyldm.sample import DDIM
 from tinyldm.text import CLIPTextEncoder, TextEncoderNotFound
 
 from network_guard import no_network
 
-SHIPPED = [COURSE_AUTOENCODER, COURSE_JUDGE, COURSE_TEXT_ENCODER, COURSE_UNET, COURSE_CLASS_UNET, COURSE_TEXT_UNET]
+SHIPPED = [COURSE_AUTOENCODER, COURSE_JUDGE, COURSE_TEXT_ENCODER, COURSE_UNET, COURSE_CLASS_UNET, COURSE_TEXT_UNET,
+           COURSE_RETRIEVAL_UNET]
 pytestmark = pytest.mark.skipif(not all(p.exists() for p in SHIPPED),
                                 reason="the course checkpoints are made by the commands in data/README.md")
 
@@ -26,8 +29,11 @@ def course():
     """Every shipped checkpoint, loaded the way the notebooks load them, under the network guard."""
     with no_network():
         ae, judge, text = course_autoencoder(), course_judge(), course_text_encoder()
+        image = SceneImageEncoder(text)
         models = {"ae": ae, "judge": judge, "text": text, "unet": course_unet(ae), "class": course_class_unet(ae),
-                  "text_unet": course_text_unet(ae, text)}
+                  "text_unet": course_text_unet(ae, text), "image": image,
+                  "retrieval": course_retrieval_unet(ae, image), "database": course_database(image, n=2000,
+                                                                                             progress=False)}
     return models
 
 
@@ -50,6 +56,25 @@ def test_the_text_model_follows_the_prompts_colour(course):
                           s=3.0)
     acc = attribute_accuracy(course["judge"], images, class_attributes(torch.arange(NUM_CLASSES)))
     assert acc["color"] >= 0.8 and acc["all"] >= 0.5, acc
+
+
+def test_the_retrieval_model_follows_its_neighbours_and_a_swapped_database(course):
+    db, image, model = course["database"], course["image"], course["retrieval"]
+    condition = RetrievalCondition(db.dim, model.info["k"])
+    labels = torch.arange(NUM_CLASSES)
+    with no_network():
+        images = generate(model, course["ae"], condition.given(retrieval_queries(image, db, labels, condition.k)),
+                          condition.null(NUM_CLASSES), s=3.0)
+    acc = attribute_accuracy(course["judge"], images, class_attributes(labels))
+    assert acc["color"] >= 0.8 and acc["all"] >= 0.6, acc
+    # the same queries against a database of red scenes only: the samples turn red
+    scenes = course_scenes(len(db), seed=2)
+    red = db.subset(torch.tensor([scenes.objects(int(i))[0][0].color == "red" for i in db.ids]))
+    queries = image.embed(torch.stack([course_scenes(NUM_CLASSES, seed=4)[i]["image"] for i in range(NUM_CLASSES)]))
+    with no_network():
+        images = generate(model, course["ae"], condition.given(red.query(queries, condition.k)),
+                          condition.null(NUM_CLASSES), s=3.0)
+    assert (course["judge"].predict(images)["color"] == 0).float().mean() >= 0.8  # colour 0 is red
 
 
 def test_the_unconditional_model_makes_scenes_not_noise(course):

@@ -244,17 +244,24 @@ def test_clip_text_encoder_loads_offline_from_a_folder_and_from_the_hub_cache(hu
         assert not any(p.requires_grad for p in enc.parameters())
 
 
-def test_clip_text_encoder_takes_the_text_model_of_a_whole_clip_checkpoint(tmp_path):
-    # openai/clip-vit-large-patch14 holds the whole CLIP (text and vision): the loader keeps the text transformer
+def save_tiny_whole_clip(folder, image_size: int = 8, patch_size: int = 4, projection_dim: int = 8):
+    """A tiny random whole CLIP (text and vision towers) and its tokenizer in ``folder``, as the hub's openai/clip-*
+    checkpoints hold them. Returns the model."""
     from transformers import CLIPConfig, CLIPModel
 
-    save_tiny_tokenizer(tmp_path)
+    save_tiny_tokenizer(folder)
     torch.manual_seed(0)
-    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=8,
-                  patch_size=4)
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  image_size=image_size, patch_size=patch_size)
     clip = CLIPModel(CLIPConfig(text_config=tiny_text_config().to_dict(), vision_config=vision,
-                                projection_dim=8)).eval()
-    clip.save_pretrained(tmp_path)
+                                projection_dim=projection_dim)).eval()
+    clip.save_pretrained(folder)
+    return clip
+
+
+def test_clip_text_encoder_takes_the_text_model_of_a_whole_clip_checkpoint(tmp_path):
+    # openai/clip-vit-large-patch14 holds the whole CLIP (text and vision): the loader keeps the text transformer
+    clip = save_tiny_whole_clip(tmp_path)
     with no_network():
         hidden, _ = CLIPTextEncoder.from_pretrained(str(tmp_path)).encode(["a red star"])
     ids = torch.tensor([[TINY_VOCAB.index(w) for w in ("<|startoftext|>", "a</w>", "red</w>", "star</w>")]

@@ -12,6 +12,8 @@ Modules, bottom to top (nothing imports upward):
     unet         the denoiser eps_theta(x_t, t, y): time embedding, attention, cross-attention, class labels
     metrics      the judge (reads a scene's attributes) and the Frechet Scene Distance
     conditioning class labels and prompts as conditions, condition dropout, classifier-free guidance
+    retrieval    image encoders, the embedding database, exact and FAISS nearest-neighbour search, neighbours as
+                 the condition (retrieval-augmented diffusion)
     train        one trainer (AdamW, warm-up, EMA, accumulation, bf16, checkpoints, resume); Algorithm 1
     sample       Algorithm 2 (DDPM), DDIM, DPM-Solver++ (2M); the sampling loop
     pipeline     generate: sample, guide, decode (what a user calls to make images)
@@ -28,6 +30,7 @@ from .data import ImageFolder, Scenes, TorchvisionImages, random_crops
 from .latents import LatentDataset, encode_dataset, load_or_encode
 from .metrics import Judge, attribute_accuracy, frechet_distance, fsd
 from .pipeline import generate
+from .retrieval import CLIPImageEncoder, Database, RetrievalCondition, SceneImageEncoder
 from .sample import DDIM, DDPM, DPMSolverPP2M, Variance, sample
 from .schedule import BetaSchedule, NoiseSchedule, ScheduleConfig
 from .text import CLIPTextEncoder, SceneCLIP, TextEncoder

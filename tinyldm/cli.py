@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .config import BUILD_DIR, DATA_DIR
 from .data.scenes import SIZES
-from .recipes import CONDITIONS, COURSE_SCENES
+from .recipes import CONDITIONS, COURSE_DATABASE, COURSE_SCENES
 from .unet import PRESETS as UNET_PRESETS
 
 
@@ -115,13 +115,22 @@ def _cmd_train_diffusion(args) -> int:
     if args.condition == "text":
         path = _existing(args.text_encoder, "--text-encoder", "tinyldm train-text-encoder")
         text_encoder = SceneCLIP.load(path).requires_grad_(False)
+    image_encoder, database = None, None
+    if args.condition == "retrieval":
+        from .recipes import course_database
+        from .retrieval import SceneImageEncoder
+
+        path = _existing(args.image_encoder, "--image-encoder", "tinyldm train-text-encoder")
+        image_encoder = SceneImageEncoder(SceneCLIP.load(path))
+        database = course_database(image_encoder, n=args.database_size)
     hold_out = [int(v) for v in args.hold_out.split(",") if v.strip()] if args.hold_out else []
     model, trainer = train_diffusion(ae, args.preset, n_images=args.n_images, max_objects=args.max_objects,
                                      train_config=tc, run_dir=args.run_dir, resume=not args.restart,
                                      device=args.device, out=_out(args), sample_every=args.sample_every,
                                      condition=args.condition, text_encoder=text_encoder, p_uncond=args.p_uncond,
                                      hold_out=hold_out, snr_gamma=args.snr_gamma, init=args.init,
-                                     sizes=_names(args.sizes, "--sizes"), upright=args.upright)
+                                     sizes=_names(args.sizes, "--sizes"), upright=args.upright,
+                                     image_encoder=image_encoder, k=args.k, database=database)
     print(f"saved {_out(args)}: {model.num_parameters() / 1e6:.2f}M parameters, {trainer.step} steps")
     return 0
 
@@ -184,18 +193,34 @@ def _cmd_evaluate(args) -> int:
     ae = Autoencoder.load(_existing(args.autoencoder, "--autoencoder", "tinyldm train-autoencoder"))
     judge = Judge.load(_existing(args.judge, "--judge", "tinyldm train-judge")).eval()
     unet = UNet.load(_existing(args.unet, "UNET", "tinyldm train-diffusion"))
-    text_encoder = None
-    if unet.config.context_dim is not None:
+    text_encoder = image_encoder = database = None
+    retrieval = unet.info.get("condition") == "retrieval"
+    if retrieval:
+        from .recipes import course_database
+        from .retrieval import SceneImageEncoder
+
+        path = _existing(args.image_encoder, "--image-encoder", "tinyldm train-text-encoder")
+        image_encoder = SceneImageEncoder(SceneCLIP.load(path))
+    elif unet.config.context_dim is not None:
         text_encoder = SceneCLIP.load(_existing(args.text_encoder, "--text-encoder", "tinyldm train-text-encoder"))
     try:
         check_partner(unet, ae, "autoencoder", "autoencoder")
         if text_encoder is not None:
             check_partner(unet, text_encoder, "text_encoder", "text encoder")
+        if image_encoder is not None:
+            check_partner(unet, image_encoder, "image_encoder", "image encoder")
     except CheckpointError as e:
-        raise UsageError(f"{e} (pass the files it was trained with: --autoencoder, --text-encoder)")
+        raise UsageError(f"{e} (pass the files it was trained with: --autoencoder, --text-encoder, --image-encoder)")
+    extra = {}
+    if retrieval:
+        trained_with = unet.info.get("database") or {}
+        database = course_database(image_encoder, n=args.database_size or trained_with.get("n", 20_000))
+        extra["database"] = {"n": len(database), "as_in_training": database.fingerprint == trained_with.get(
+            "fingerprint")}
     result = sample_test(unet.eval(), ae, judge, text_encoder, per_class=args.per_class, s=args.s,
-                         steps=args.steps, seed=args.seed)
-    print(json.dumps(_rounded({"unet": args.unet, "s": args.s, "steps": args.steps, "seed": args.seed, **result})))
+                         steps=args.steps, seed=args.seed, image_encoder=image_encoder, database=database)
+    print(json.dumps(_rounded({"unet": args.unet, "s": args.s, "steps": args.steps, "seed": args.seed, **extra,
+                               **result})))
     return 0
 
 
@@ -270,10 +295,16 @@ def main(argv: list[str] | None = None) -> int:
                         "gives the same result as an uninterrupted one)")
     p.add_argument("--sample-every", type=int, default=1000, help="steps between sample grids in run-dir/samples")
     p.add_argument("--condition", default="none", choices=CONDITIONS,
-                   help="unconditional, class labels (with a null label) or captions (cross-attention)")
+                   help="unconditional, class labels (with a null label), captions (cross-attention) or retrieved "
+                        "neighbours (cross-attention to their image embeddings)")
     p.add_argument("--p-uncond", type=float, default=0.1, help="condition dropout for classifier-free guidance")
     p.add_argument("--text-encoder", default=str(DATA_DIR / "text-scenes.safetensors"),
                    help="with --condition text: the frozen text encoder's file")
+    p.add_argument("--image-encoder", default=str(DATA_DIR / "text-scenes.safetensors"),
+                   help="with --condition retrieval: the SceneCLIP whose image tower embeds the scenes")
+    p.add_argument("--k", type=int, default=4, help="with --condition retrieval: neighbours per image")
+    p.add_argument("--database-size", type=int, default=COURSE_DATABASE["n"],
+                   help="with --condition retrieval: scenes in the course database (disjoint from the training set)")
     p.add_argument("--snr-gamma", type=float, default=None,
                    help="Min-SNR loss weighting with this gamma (e.g. 5); default: the plain loss of Algorithm 1")
     p.add_argument("--hold-out", default="", help="class labels to leave out of training, e.g. 16,22")
@@ -295,6 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--autoencoder", default=str(DATA_DIR / "autoencoder-course.safetensors"))
     p.add_argument("--judge", default=str(DATA_DIR / "judge-scenes64.safetensors"))
     p.add_argument("--text-encoder", default=str(DATA_DIR / "text-scenes.safetensors"))
+    p.add_argument("--image-encoder", default=str(DATA_DIR / "text-scenes.safetensors"),
+                   help="retrieval models: the SceneCLIP whose image tower made the database")
+    p.add_argument("--database-size", type=int, default=None,
+                   help="retrieval models: scenes in the course database (default: as in training)")
     p.add_argument("--per-class", type=int, default=10, help="samples per class")
     p.add_argument("--s", type=float, default=3.0, help="guidance scale (conditional models)")
     p.add_argument("--steps", type=int, default=20, help="DDIM steps")

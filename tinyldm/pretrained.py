@@ -15,14 +15,15 @@ from pathlib import Path
 from .autoencoder import Autoencoder
 from .config import DATA_DIR, pick
 from .metrics import Judge
-from .recipes import TEXT_HOLD_OUT, train_autoencoder, train_diffusion, train_judge, train_text_encoder
+from .recipes import TEXT_HOLD_OUT, course_database, train_autoencoder, train_diffusion, train_judge, train_text_encoder
+from .retrieval import ImageEncoder, SceneImageEncoder
 from .text import SceneCLIP
 from .train import TrainConfig
 from .unet import UNet
 
 __all__ = ["COURSE_AUTOENCODER", "COURSE_JUDGE", "COURSE_UNET", "COURSE_TEXT_ENCODER", "COURSE_CLASS_UNET",
-           "COURSE_TEXT_UNET", "course_autoencoder", "course_judge", "course_text_encoder", "course_unet",
-           "course_class_unet", "course_text_unet"]
+           "COURSE_TEXT_UNET", "COURSE_RETRIEVAL_UNET", "course_autoencoder", "course_judge", "course_text_encoder",
+           "course_unet", "course_class_unet", "course_text_unet", "course_image_encoder", "course_retrieval_unet"]
 
 COURSE_AUTOENCODER = DATA_DIR / "autoencoder-course.safetensors"
 COURSE_JUDGE = DATA_DIR / "judge-scenes64.safetensors"
@@ -30,6 +31,7 @@ COURSE_UNET = DATA_DIR / "unet-course.safetensors"
 COURSE_TEXT_ENCODER = DATA_DIR / "text-scenes.safetensors"
 COURSE_CLASS_UNET = DATA_DIR / "unet-class.safetensors"
 COURSE_TEXT_UNET = DATA_DIR / "unet-text.safetensors"
+COURSE_RETRIEVAL_UNET = DATA_DIR / "unet-retrieval.safetensors"
 
 
 def _load_or_stand_in(path: str | Path, load, what: str, command: str, make_stand_in):
@@ -103,3 +105,24 @@ def course_text_unet(ae: Autoencoder | None = None, text_encoder: SceneCLIP | No
         f"--out {COURSE_TEXT_UNET}",
         lambda: train_diffusion(ae, n_images=pick(5000, 64), train_config=_stand_in_config(), condition="text",
                                 text_encoder=text_encoder, hold_out=TEXT_HOLD_OUT)[0])
+
+
+def course_image_encoder(path: str | Path = COURSE_TEXT_ENCODER) -> SceneImageEncoder:
+    """The course's offline image encoder for retrieval: the image tower of :func:`course_text_encoder`'s SceneCLIP
+    (scenes -> unit vectors of 128), whose text tower embeds prompts into the same space."""
+    return SceneImageEncoder(course_text_encoder(path))
+
+
+def course_retrieval_unet(ae: Autoencoder | None = None, image_encoder: ImageEncoder | None = None,
+                          path: str | Path = COURSE_RETRIEVAL_UNET) -> UNet:
+    """The course's retrieval-augmented latent UNet (RDM): cross-attention to the k = 4 nearest neighbours of each
+    training scene in the course database (:func:`tinyldm.recipes.course_database`, disjoint from the training
+    scenes), embedded by :func:`course_image_encoder`; neighbour dropout to zeros 0.1."""
+    ae, image_encoder = ae or course_autoencoder(), image_encoder or course_image_encoder()
+    return _load_or_stand_in(
+        path, lambda p: UNet.load(p, autoencoder=ae, image_encoder=image_encoder), "retrieval UNet",
+        f"tinyldm train-diffusion --condition retrieval --run-dir build/runs/diffusion-retrieval "
+        f"--out {COURSE_RETRIEVAL_UNET}",
+        lambda: train_diffusion(ae, n_images=pick(5000, 64), train_config=_stand_in_config(), condition="retrieval",
+                                image_encoder=image_encoder,
+                                database=course_database(image_encoder, n=pick(5000, 256), progress=False))[0])

@@ -18,13 +18,14 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from .autoencoder import Autoencoder, AutoencoderConfig, autoencoder_loss, reconstruction_psnr
-from .checkpoint import fingerprint
+from .checkpoint import CheckpointError, fingerprint
 from .conditioning import LabelCondition, TextCondition
 from .config import BUILD_DIR, default_device, seeded
 from .data import NUM_CLASSES, SHAPES, SIZES, Scenes, class_name, label_of, random_crops
 from .latents import LatentDataset, load_or_encode
 from .metrics import Judge, JudgeConfig, attribute_accuracy, class_attributes, judge_loss
 from .pipeline import generate
+from .retrieval import Database, ImageEncoder, RetrievalCondition, WithNeighbours, load_or_compute_neighbours
 from .sample import DDIM
 from .schedule import NoiseSchedule, ScheduleConfig
 from .text import SceneCLIP, SceneCLIPConfig, clip_loss
@@ -34,15 +35,20 @@ from .viz import image_grid
 
 __all__ = ["train_autoencoder", "train_judge", "train_text_encoder", "train_diffusion", "zero_shot_accuracy",
            "held_out_scenes", "course_scenes", "course_latents", "without_labels", "unet_needs", "SampleGrids",
-           "sample_test", "TEXT_HOLD_OUT", "COURSE_SCENES", "CONDITIONS"]
+           "sample_test", "TEXT_HOLD_OUT", "COURSE_SCENES", "CONDITIONS", "COURSE_DATABASE", "course_database",
+           "course_neighbours", "retrieval_queries"]
 
-CONDITIONS = ("none", "class", "text")
+CONDITIONS = ("none", "class", "text", "retrieval")
 
 # The scenes the course's diffusion models learn: one object, large and upright. The autoencoder, the judge and the
 # text encoder learn every size and rotation; the generators get the slice that a 1M-parameter UNet learns on a
 # laptop. At f = 4 a small object spans about 5x5 latent cells, too few for its corners, and every rotation is one
 # more outline to learn (docs/experiments.md measures what each simplification buys).
 COURSE_SCENES = {"sizes": ("large",), "upright": True}
+
+# The course's retrieval database: course scenes of their own seed, disjoint from the training scenes (seed 0) and
+# from the held-out ones (seed 1), as RDM keeps its database apart from its training set. 20k scenes embed in seconds.
+COURSE_DATABASE = {"n": 20_000, "seed": 2}
 
 # (shape, colour) pairs the text model never sees together in training: "a yellow triangle", "a blue star"
 TEXT_HOLD_OUT = (label_of("triangle", "yellow"), label_of("star", "blue"))
@@ -170,15 +176,67 @@ def course_scenes(n: int, seed: int = 0, size: int = 64, max_objects: int = 1) -
     return Scenes(size=size, length=n, seed=seed, max_objects=max_objects, **COURSE_SCENES)
 
 
+def _scenes_tag(scenes: Scenes) -> str:
+    return (f"scenes{scenes.size}-{len(scenes)}-obj{scenes.max_objects}"
+            + ("-" + "+".join(scenes.sizes) if scenes.sizes != SIZES else "") + ("-upright" if scenes.upright else ""))
+
+
 def course_latents(ae: Autoencoder, n: int = 20_000, max_objects: int = 1, size: int = 64,
                    sizes: Sequence[str] = COURSE_SCENES["sizes"],
                    upright: bool = COURSE_SCENES["upright"]) -> LatentDataset:
     """Cached latents of the first ``n`` training scenes (seed 0), under ``build/latents/``; ``sizes`` and
     ``upright`` as in :class:`tinyldm.data.Scenes` (default: ``COURSE_SCENES``)."""
     scenes = Scenes(size=size, length=n, seed=0, max_objects=max_objects, sizes=sizes, upright=upright)
-    tag = ("-" + "+".join(scenes.sizes) if scenes.sizes != SIZES else "") + ("-upright" if upright else "")
-    path = BUILD_DIR / "latents" / f"scenes{size}-{n}-obj{max_objects}{tag}-{fingerprint(ae)}.safetensors"
-    return load_or_encode(ae, scenes, path)
+    return load_or_encode(ae, scenes, BUILD_DIR / "latents" / f"{_scenes_tag(scenes)}-{fingerprint(ae)}.safetensors")
+
+
+def course_database(encoder: ImageEncoder, n: int = COURSE_DATABASE["n"], seed: int = COURSE_DATABASE["seed"],
+                    progress: bool = True, **scenes) -> Database:
+    """The retrieval database of the course: ``n`` course scenes of ``seed`` (keyword arguments as
+    :func:`course_scenes`) embedded by ``encoder``, cached under ``build/retrieval/``."""
+    data = course_scenes(n, seed, **scenes)
+    path = BUILD_DIR / "retrieval" / f"db-{_scenes_tag(data)}-seed{seed}-{encoder.fingerprint}.safetensors"
+    if path.exists():
+        try:
+            db = Database.load(path)
+            if db.info.get("dataset") == repr(data) and db.info.get("encoder_fingerprint") == encoder.fingerprint:
+                return db
+        except CheckpointError:
+            pass  # damaged: build it again
+    db = Database.build(encoder, data, progress=progress)
+    db.save(path)
+    return db
+
+
+def course_neighbours(encoder: ImageEncoder, scenes: Scenes, db: Database, k: int = 20, exclude_self: bool = False,
+                      max_similarity: float | None = None) -> torch.Tensor:
+    """The ``k`` nearest rows of ``db`` for each of ``scenes`` ``[n, k]``, computed once and cached beside the
+    latents (``build/latents/``)."""
+    tag = f"{_scenes_tag(scenes)}-seed{scenes.seed}-db{db.fingerprint}-k{k}" + ("-noself" if exclude_self else "") + (
+        f"-max{max_similarity}" if max_similarity is not None else "")
+    return load_or_compute_neighbours(encoder, scenes, db, BUILD_DIR / "latents" / f"neighbours-{tag}.safetensors",
+                                      k, exclude_self, max_similarity)[1]
+
+
+def retrieval_queries(encoder: ImageEncoder, db: Database, labels: torch.Tensor, k: int = 4, seed: int = 1
+                      ) -> torch.Tensor:
+    """Neighbours ``[n, k, d]`` in ``db`` of held-out course scenes of the given classes, one fresh scene per label
+    (scenes of ``seed``, in order, the first of each class not yet used): the condition "something like this
+    scene", whose class the samples should show."""
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    want = {int(c): int((labels == c).sum()) for c in labels.unique()}
+    found: dict[int, list[int]] = {c: [] for c in want}
+    scenes, i = course_scenes(100 * max(1, len(labels)), seed), 0
+    while any(len(found[c]) < want[c] for c in want):
+        first = scenes.objects(i)[0][0]  # the scene's first object gives its label, without rendering it
+        label = label_of(first.shape, first.color)
+        if label in want and len(found[label]) < want[label]:
+            found[label].append(i)
+        i += 1
+    take = {c: iter(v) for c, v in found.items()}
+    images = torch.stack([scenes[next(take[int(c)])]["image"] for c in labels])
+    _, rows = db.search(encoder.embed(images), k, encoder=encoder)
+    return db.neighbours(rows)
 
 
 class SampleGrids:
@@ -209,11 +267,13 @@ class SampleGrids:
 
 @torch.no_grad()
 def sample_test(model: UNet, ae: Autoencoder, judge: Judge, text_encoder: SceneCLIP | None = None,
-                per_class: int = 10, s: float = 3.0, steps: int = 20, seed: int = 1, device=None) -> dict:
+                per_class: int = 10, s: float = 3.0, steps: int = 20, seed: int = 1, device=None,
+                image_encoder: ImageEncoder | None = None, database: Database | None = None) -> dict:
     """The course's test of a trained UNet: ``per_class`` samples for each of the 24 classes (DDIM with ``steps``,
     guided with scale ``s``), read by the judge. The same call, seed and size give the same samples.
 
-    Class model: label y; text model: the prompt "a {colour} {shape}" (needs ``text_encoder``); unconditional
+    Class model: label y; text model: the prompt "a {colour} {shape}" (needs ``text_encoder``); retrieval model:
+    the k neighbours in ``database`` (made by ``image_encoder``) of a held-out scene of the class; unconditional
     model: as many samples, unguided. Returns ``{"n", "all", "shape", "color"}`` (shares; "all" = shape and colour
     both right) for a conditional model, and for a text model with held-out labels the same over them as
     ``"held_out"``; for an unconditional model ``{"n", "shapes"}``: the share of samples the judge reads as each
@@ -224,6 +284,13 @@ def sample_test(model: UNet, ae: Autoencoder, judge: Judge, text_encoder: SceneC
     if model.config.num_classes is not None:
         condition = LabelCondition(model.config.num_classes)
         cond, null = condition.given(labels), condition.null(n)
+    elif getattr(model, "info", {}).get("condition") == "retrieval":
+        if image_encoder is None or database is None:
+            raise ValueError("this UNet is retrieval-conditional: pass the image_encoder its file was trained with "
+                             "and a database made by it")
+        condition = RetrievalCondition(database.dim, model.info.get("k", 4))
+        cond = condition.given(retrieval_queries(image_encoder, database, labels, condition.k))
+        null = condition.null(n)
     elif model.config.context_dim is not None:
         if text_encoder is None:
             raise ValueError("this UNet is text-conditional: pass the text_encoder its file was trained with")
@@ -242,7 +309,7 @@ def sample_test(model: UNet, ae: Autoencoder, judge: Judge, text_encoder: SceneC
     return result
 
 
-def without_labels(dataset: LatentDataset, labels: Sequence[int]) -> Dataset:
+def without_labels(dataset: LatentDataset | WithNeighbours, labels: Sequence[int]) -> Dataset:
     """The items of ``dataset`` whose class label is not in ``labels`` (to hold combinations out of training)."""
     keep = ~torch.isin(dataset.labels, torch.as_tensor(list(labels), dtype=torch.long))
     return Subset(dataset, keep.nonzero().flatten().tolist())
@@ -259,9 +326,10 @@ def unet_needs(condition: str, latent_channels: int, schedule: ScheduleConfig, c
     width (sd_v1's 768 for CLIP) is dropped for an unconditional or class-conditional run, and a class table exists
     only for class labels."""
     _check_condition(condition)
-    if (condition == "text") != (context_dim is not None):
-        raise ValueError(f"context_dim (the text encoder's width) goes with condition 'text' only; got condition "
-                         f"{condition!r} and context_dim={context_dim!r}")
+    if (condition in ("text", "retrieval")) != (context_dim is not None):
+        raise ValueError(f"context_dim (the width of the text encoder's states or of the retrieved embeddings) goes "
+                         f"with condition 'text' or 'retrieval' only; got condition {condition!r} and "
+                         f"context_dim={context_dim!r}")
     return {"in_channels": latent_channels, "out_channels": latent_channels, "schedule": schedule.to_dict(),
             "eps_skip": True, "num_classes": NUM_CLASSES if condition == "class" else None, "context_dim": context_dim}
 
@@ -273,7 +341,9 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
                     text_encoder=None, p_uncond: float = 0.1, hold_out: Sequence[int] = (),
                     snr_gamma: float | None = None, init: str | Path | None = None,
                     sizes: Sequence[str] = COURSE_SCENES["sizes"],
-                    upright: bool = COURSE_SCENES["upright"]) -> tuple[UNet, Trainer]:
+                    upright: bool = COURSE_SCENES["upright"], image_encoder: ImageEncoder | None = None,
+                    k: int = 4, database: Database | None = None, exclude_self: bool = False,
+                    max_similarity: float | None = None) -> tuple[UNet, Trainer]:
     """Train an eps-prediction UNet (Algorithm 1) on cached latents of ``ae``.
 
     ``condition``: "none" (unconditional, ``model(x_t, t)``), "class" (class labels y, with a null label) or
@@ -285,6 +355,12 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
     ``COURSE_SCENES``). ``init``: go on training a saved UNet (its file gives the network; ``preset`` is then not used)
     with a fresh optimizer and lr schedule. The recipe's UNets use the eps skip (see :class:`tinyldm.unet.UNet`).
 
+    "retrieval" (RDM): each training image's ``k`` nearest neighbours in ``database`` (default: the course database,
+    :func:`course_database`, disjoint from the training scenes), embedded by ``image_encoder``, found once and cached,
+    are the context the UNet cross-attends to; dropped to zeros with probability ``p_uncond``. A database made from
+    the training scenes themselves needs ``exclude_self=True`` (and ``max_similarity`` for near duplicates), or the
+    model learns to copy its first neighbour.
+
     Returns (the EMA model on the CPU, the trainer); with ``out`` also saves the EMA model there, together with the
     fingerprints of the autoencoder whose latents it learned (and of the text encoder), checked when it is loaded.
     """
@@ -293,9 +369,8 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
                                                ema_decay=0.999)
     schedule = NoiseSchedule(schedule or ScheduleConfig.ddpm())
     latents = course_latents(ae, n_images, max_objects, sizes=sizes, upright=upright)
-    data = without_labels(latents, hold_out) if hold_out else latents
-    shape = tuple(latents.latents.shape[1:])
-    n_grid, condition_, cond, null = 16, None, None, None
+    data, shape = latents, tuple(latents.latents.shape[1:])
+    n_grid, condition_, cond, null, context_dim, facts = 16, None, None, None, None, {}
     if condition == "class":
         condition_ = LabelCondition(NUM_CLASSES, p_uncond)
         cond, null = condition_.given(torch.arange(n_grid) % NUM_CLASSES), condition_.null(n_grid)
@@ -306,7 +381,24 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
         condition_ = TextCondition(text_encoder, p_uncond)
         prompts = [f"a {class_name(c % NUM_CLASSES)}" for c in range(n_grid)]
         cond, null = condition_.given(prompts), condition_.null(n_grid)
-    needs = unet_needs(condition, shape[0], schedule.config, text_encoder.dim if condition == "text" else None)
+        context_dim, facts = text_encoder.dim, {"text_encoder": fingerprint(text_encoder)}
+    elif condition == "retrieval":
+        if image_encoder is None:
+            raise ValueError("condition='retrieval' needs an image_encoder (see tinyldm.retrieval)")
+        db = database if database is not None else course_database(image_encoder)
+        scenes = Scenes(size=64, length=n_images, seed=0, max_objects=max_objects, sizes=sizes, upright=upright)
+        rows = course_neighbours(image_encoder, scenes, db, max(20, k), exclude_self, max_similarity)
+        data = WithNeighbours(latents, db, rows)
+        condition_ = RetrievalCondition(db.dim, k, p_uncond)
+        cond = condition_.given(retrieval_queries(image_encoder, db, torch.arange(n_grid) % NUM_CLASSES, k))
+        null, context_dim = condition_.null(n_grid), db.dim
+        facts = {"image_encoder": image_encoder.fingerprint, "k": k, "exclude_self": exclude_self,
+                 "max_similarity": max_similarity,
+                 "database": {"n": len(db), "dim": db.dim, "fingerprint": db.fingerprint,
+                              "dataset": db.info.get("dataset"), "course": database is None}}
+    if hold_out:
+        data = without_labels(data, hold_out)
+    needs = unet_needs(condition, shape[0], schedule.config, context_dim)
     if init is not None:
         unet = UNet.load(init, autoencoder=ae)
         for name, value in needs.items():
@@ -324,12 +416,14 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
         print(f"resuming {run_dir} at step {trainer.step}")
     trainer.fit()
     model = (trainer.ema if trainer.ema is not None else trainer.model).cpu().eval()
+    # what a loaded file's model.info holds; set here too, so a model used straight away has the same facts
+    model.info = dict(autoencoder=fingerprint(ae), steps=trainer.step, data=repr(latents),
+                      scenes=latents.info["dataset"], condition=condition,
+                      p_uncond=p_uncond, hold_out=list(hold_out), snr_gamma=snr_gamma,
+                      init=str(init) if init is not None else None, **facts,
+                      final_loss=sum(h["loss"] for h in trainer.history[-100:]) / max(1, len(trainer.history[-100:])),
+                      seed=train_config.seed, command=_command())
     if out is not None:
-        model.save(out, autoencoder=fingerprint(ae), steps=trainer.step, data=repr(latents),
-                   scenes=latents.info["dataset"], condition=condition,
-                   p_uncond=p_uncond, hold_out=list(hold_out), snr_gamma=snr_gamma,
-                   init=str(init) if init is not None else None,
-                   text_encoder=fingerprint(text_encoder) if text_encoder is not None else None,
-                   final_loss=sum(h["loss"] for h in trainer.history[-100:]) / max(1, len(trainer.history[-100:])),
-                   seed=train_config.seed, command=_command())
+        model.save(out, **model.info)
+        model.info["path"] = str(out)
     return model, trainer

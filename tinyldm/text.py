@@ -9,7 +9,7 @@ The course keeps that shape of the idea and offers two encoders with the same in
   says how to get it.
 * :class:`SceneCLIP`: the offline default, a small CLIP-style model (a text transformer and an image CNN trained
   contrastively on the procedural scenes' captions by ``tinyldm train-text-encoder``). Its text side gives
-  ``[b, 40, 128]``; its image side will serve retrieval.
+  ``[b, 40, 128]``; its image side embeds the scenes for retrieval (:class:`tinyldm.retrieval.SceneImageEncoder`).
 
 Both are frozen (``encode`` runs without gradients, in eval mode); the null prompt is the empty string "".
 Prompts longer than the context are truncated with a warning (CLIP's tokenizer truncates too); pass
@@ -265,14 +265,14 @@ def _cached_snapshot(name: str) -> Path:
     return snapshot
 
 
-def _local_clip_folder(name_or_path: str) -> Path:
-    """``name_or_path`` if it is a folder, else its snapshot in the hub cache; checked to hold CLIP_FILES."""
+def _local_clip_folder(name_or_path: str, files: tuple = CLIP_FILES) -> Path:
+    """``name_or_path`` if it is a folder, else its snapshot in the hub cache; checked to hold ``files``."""
     folder = Path(name_or_path).expanduser()
     is_folder = folder.is_dir()
     if not is_folder:
         folder = _cached_snapshot(name_or_path)
     missing = []
-    for names in CLIP_FILES:
+    for names in files:
         names = names if isinstance(names, tuple) else (names,)
         if not any((folder / n).is_file() for n in names):
             missing.append(" or ".join(names))

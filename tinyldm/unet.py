@@ -407,15 +407,18 @@ class UNet(SavableModel, nn.Module):
     @classmethod
     def load(cls, path, map_location="cpu", autoencoder: nn.Module | None = None,
              text_encoder: nn.Module | None = None, allow_other_autoencoder: bool = False,
-             allow_other_text_encoder: bool = False) -> "UNet":
-        """Load a UNet file; with ``autoencoder`` (and ``text_encoder``) also check that they are the ones it was
-        trained with (their fingerprints are in the file), raising a CheckpointError if not. A latent UNet paired
-        with another autoencoder decodes to garbage; ``allow_other_autoencoder=True`` skips the check."""
+             allow_other_text_encoder: bool = False, image_encoder: nn.Module | None = None) -> "UNet":
+        """Load a UNet file; with ``autoencoder`` (and ``text_encoder``, or the retrieval ``image_encoder``) also check
+        that they are the ones it was trained with (their fingerprints are in the file), raising a CheckpointError if
+        not. A latent UNet paired with another autoencoder decodes to garbage; ``allow_other_autoencoder=True`` skips
+        the check."""
         model = super().load(path, map_location)
         if autoencoder is not None:
             check_partner(model, autoencoder, "autoencoder", "autoencoder", allow_other_autoencoder)
         if text_encoder is not None:
             check_partner(model, text_encoder, "text_encoder", "text encoder", allow_other_text_encoder)
+        if image_encoder is not None:
+            check_partner(model, image_encoder, "image_encoder", "image encoder")
         return model
 
     @property
