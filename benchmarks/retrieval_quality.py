@@ -141,8 +141,9 @@ def main() -> None:
                             for name, a in text.items()]
                            + [["swapped database (red, blue)", n_swap, "", f"{follows:.1%} follow", ""]]))
     ratio = results["retrieval"]["all"] / max(results["class"]["all"], 1e-9)
-    print(f"\nretrieval / class, both right: {ratio:.2f}x at equal steps; step time ratio "
-          f"{C.median(tr) / C.median(tc):.2f}x")
+    print(f"\nretrieval / class, both right: {ratio:.2f}x, with {unet_r.info.get('steps')} and "
+          f"{unet_c.info.get('steps')} steps recorded (a file made with --init records its last stage's); training "
+          f"step time ratio {C.median(tr) / C.median(tc):.2f}x")
     C.footer([], args.quick)
 
 

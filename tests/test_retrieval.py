@@ -282,3 +282,12 @@ def test_the_cli_trains_and_evaluates_a_retrieval_model(tmp_path, monkeypatch, c
                  "--per-class", "1", "--steps", "1", *common[:2], "--image-encoder",
                  str(tmp_path / "other.safetensors")]) == 2
     assert "image encoder whose fingerprint" in capsys.readouterr().err
+
+
+from test_text import hub_cache  # noqa: E402,F401 (an empty Hugging Face cache, the hub's offline switch off)
+
+
+def test_a_missing_clip_image_tower_says_how_to_get_it_without_the_network(hub_cache):
+    with no_network(), pytest.raises(TextEncoderNotFound, match="(?s)'openai/clip-vit-base-patch32' are not on this "
+                                                                "machine.*hf download openai/clip-vit-base-patch32"):
+        CLIPImageEncoder.from_pretrained()  # the default: ViT-B/32, as RDM

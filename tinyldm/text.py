@@ -260,7 +260,7 @@ def _cached_snapshot(name: str) -> Path:
     ref = repo / "refs" / "main"
     snapshot = repo / "snapshots" / ref.read_text().strip() if ref.is_file() else None
     if snapshot is None or not snapshot.is_dir():
-        raise TextEncoderNotFound(f"CLIP text weights {name!r} are not on this machine (not in the Hugging Face "
+        raise TextEncoderNotFound(f"CLIP weights {name!r} are not on this machine (not in the Hugging Face "
                                   f"cache). " + clip_download_hint(name))
     return snapshot
 
