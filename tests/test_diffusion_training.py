@@ -6,7 +6,8 @@ from tinyldm.autoencoder import Autoencoder, AutoencoderConfig
 from tinyldm.conditioning import LabelCondition
 from tinyldm.data import SIZES, UPRIGHT_ANGLES, Scenes
 from tinyldm.pipeline import generate
-from tinyldm.recipes import CONDITIONS, course_latents, course_scenes, train_diffusion, unet_needs
+from tinyldm.recipes import CONDITIONS, course_database, course_latents, course_scenes, train_diffusion, unet_needs
+from tinyldm.retrieval import SceneImageEncoder
 from tinyldm.sample import DDIM, sample
 from tinyldm.schedule import NoiseSchedule, ScheduleConfig
 from tinyldm.text import SceneCLIP, SceneCLIPConfig
@@ -143,7 +144,7 @@ def test_train_diffusion_class_and_text_tiny(tmp_path, monkeypatch):
                                      text_encoder=encoder, hold_out=[0, 1, 2, 3, 4, 5])
     assert model.config.context_dim == 16
     assert all(trainer.dataset[i]["label"] >= 6 for i in range(len(trainer.dataset)))
-    with pytest.raises(ValueError, match="condition one of 'none', 'class', 'text', got 'labels'"):
+    with pytest.raises(ValueError, match="condition one of 'none', 'class', 'text', 'retrieval', got 'labels'"):
         train_diffusion(ae, preset="tiny", n_images=8, train_config=tc, condition="labels")
 
 
@@ -227,11 +228,12 @@ def test_train_diffusion_goes_on_from_a_saved_unet(tmp_path, monkeypatch):
 def test_every_preset_takes_every_condition(preset, condition):
     """The recipe tells any preset what a run needs (sd_v1 brings CLIP's 768-wide cross-attention, which an
     unconditional or class run must drop). Checked on the meta device: shapes and code paths, no memory."""
-    context_dim = 16 if condition == "text" else None
+    context_dim = 16 if condition in ("text", "retrieval") else None
     cfg = UNetConfig.preset(preset, **unet_needs(condition, 4, ScheduleConfig.ddpm(), context_dim))
     b, side = 2, 8 * cfg.downsample
     inputs = {"none": {}, "class": {"y": torch.tensor([0, 24])},
-              "text": {"context": torch.zeros(b, 5, 16), "context_mask": torch.ones(b, 5, dtype=torch.bool)}}
+              "text": {"context": torch.zeros(b, 5, 16), "context_mask": torch.ones(b, 5, dtype=torch.bool)},
+              "retrieval": {"context": torch.zeros(b, 4, 16)}}  # k = 4 neighbour embeddings, no mask
     with torch.device("meta"):
         model = UNet(cfg)
         kwargs = {k: v.to("meta") for k, v in inputs[condition].items()}
@@ -245,9 +247,12 @@ def test_train_diffusion_runs_every_small_preset_with_every_condition(tmp_path, 
     monkeypatch.setattr("tinyldm.recipes.BUILD_DIR", tmp_path)
     ae = Autoencoder(AutoencoderConfig.tiny())
     encoder = SceneCLIP(SceneCLIPConfig(width=16, layers=1, heads=2, embed_dim=8, image_widths=(8,)))
+    image_encoder = SceneImageEncoder(encoder)
+    database = course_database(image_encoder, n=16, progress=False)
     tc = TrainConfig(steps=1, batch_size=2, warmup_steps=1, progress=False)
     for preset in ("tiny", "course"):
         for condition in CONDITIONS:
             model, trainer = train_diffusion(ae, preset=preset, n_images=4, train_config=tc, device="cpu",
-                                             condition=condition, text_encoder=encoder)
+                                             condition=condition, text_encoder=encoder, image_encoder=image_encoder,
+                                             database=database)
             assert trainer.step == 1 and model.config.eps_skip
