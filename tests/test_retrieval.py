@@ -10,7 +10,7 @@ from network_guard import no_network
 
 from tinyldm.checkpoint import CheckpointError
 from tinyldm.data import Scenes
-from tinyldm.retrieval import (CLIPImageEncoder, Database, FaissIndex, RetrievalCondition, RetrievalError,
+from tinyldm.retrieval import (CLIPImageEncoder, Database, RetrievalCondition, RetrievalError,
                                SceneImageEncoder, WithNeighbours, compute_neighbours, load_or_compute_neighbours,
                                neighbour_counts)
 from tinyldm.text import SceneCLIP, SceneCLIPConfig, TextEncoderNotFound

@@ -100,6 +100,15 @@ def _cmd_train_autoencoder(args) -> int:
     return 0
 
 
+def _image_encoder(args):
+    """The retrieval image encoder of ``--image-encoder``: the image tower of a SceneCLIP file."""
+    from .retrieval import SceneImageEncoder
+    from .text import SceneCLIP
+
+    return SceneImageEncoder(SceneCLIP.load(_existing(args.image_encoder, "--image-encoder",
+                                                      "tinyldm train-text-encoder")))
+
+
 def _cmd_train_diffusion(args) -> int:
     from .autoencoder import Autoencoder
     from .recipes import train_diffusion
@@ -118,10 +127,8 @@ def _cmd_train_diffusion(args) -> int:
     image_encoder, database = None, None
     if args.condition == "retrieval":
         from .recipes import course_database
-        from .retrieval import SceneImageEncoder
 
-        path = _existing(args.image_encoder, "--image-encoder", "tinyldm train-text-encoder")
-        image_encoder = SceneImageEncoder(SceneCLIP.load(path))
+        image_encoder = _image_encoder(args)
         database = course_database(image_encoder, n=args.database_size)
     hold_out = [int(v) for v in args.hold_out.split(",") if v.strip()] if args.hold_out else []
     model, trainer = train_diffusion(ae, args.preset, n_images=args.n_images, max_objects=args.max_objects,
@@ -197,10 +204,8 @@ def _cmd_evaluate(args) -> int:
     retrieval = unet.info.get("condition") == "retrieval"
     if retrieval:
         from .recipes import course_database
-        from .retrieval import SceneImageEncoder
 
-        path = _existing(args.image_encoder, "--image-encoder", "tinyldm train-text-encoder")
-        image_encoder = SceneImageEncoder(SceneCLIP.load(path))
+        image_encoder = _image_encoder(args)
     elif unet.config.context_dim is not None:
         text_encoder = SceneCLIP.load(_existing(args.text_encoder, "--text-encoder", "tinyldm train-text-encoder"))
     try:

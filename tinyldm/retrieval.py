@@ -151,7 +151,7 @@ class CLIPImageEncoder(ImageEncoder):
         from transformers import AutoConfig, CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection
         from transformers.utils import logging as hf_logging
 
-        from .text import CLIP_FILES, _local_clip_folder
+        from .text import CLIP_FILES, _local_clip_folder, _missing_files
 
         folder = _local_clip_folder(name_or_path, CLIP_IMAGE_FILES)
         config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
@@ -165,9 +165,7 @@ class CLIPImageEncoder(ImageEncoder):
         try:
             model = CLIPVisionModelWithProjection.from_pretrained(str(folder), config=vision_config, **kwargs)
             text_model = tokenizer = None
-            has_text = all(any((folder / n).is_file() for n in (names if isinstance(names, tuple) else (names,)))
-                           for names in CLIP_FILES)
-            if text and whole and has_text:
+            if text and whole and not _missing_files(folder, CLIP_FILES):  # the text tower and its tokenizer
                 text_config = config.text_config
                 text_config.projection_dim = config.projection_dim
                 text_model = CLIPTextModelWithProjection.from_pretrained(str(folder), config=text_config, **kwargs)

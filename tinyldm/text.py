@@ -265,17 +265,23 @@ def _cached_snapshot(name: str) -> Path:
     return snapshot
 
 
+def _missing_files(folder: Path, files: tuple) -> list[str]:
+    """The entries of ``files`` (names, or tuples of alternatives) that ``folder`` lacks."""
+    missing = []
+    for names in files:
+        names = names if isinstance(names, tuple) else (names,)
+        if not any((folder / n).is_file() for n in names):
+            missing.append(" or ".join(names))
+    return missing
+
+
 def _local_clip_folder(name_or_path: str, files: tuple = CLIP_FILES) -> Path:
     """``name_or_path`` if it is a folder, else its snapshot in the hub cache; checked to hold ``files``."""
     folder = Path(name_or_path).expanduser()
     is_folder = folder.is_dir()
     if not is_folder:
         folder = _cached_snapshot(name_or_path)
-    missing = []
-    for names in files:
-        names = names if isinstance(names, tuple) else (names,)
-        if not any((folder / n).is_file() for n in names):
-            missing.append(" or ".join(names))
+    missing = _missing_files(folder, files)
     if missing:
         raise TextEncoderNotFound(f"{folder} lacks {', '.join(missing)}. "
                                   + clip_download_hint(CLIP_VIT_L_14 if is_folder else name_or_path))
