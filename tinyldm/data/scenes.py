@@ -226,12 +226,16 @@ _P_SIZE = 0.75
 _P_POSITION = 0.6
 
 
-def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
+# Helpers shared with the other procedural datasets (tinyldm.data.faces); not exported by ``import *``.
+
+def pick(rng: np.random.Generator, options: Sequence[str]) -> str:
+    """One of ``options``, uniformly at random from ``rng``."""
     # rng.integers, not rng.choice: choice would build a numpy array of strings.
     return options[int(rng.integers(len(options)))]
 
 
-def _with_article(phrase: str) -> str:
+def with_article(phrase: str) -> str:
+    """``phrase`` with "a " or "an " in front, by its first letter."""
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
@@ -244,14 +248,14 @@ def position_of(cx: float, cy: float) -> tuple[str, str]:
 
 
 def _object_phrase(obj: SceneObject, rng: np.random.Generator) -> str:
-    color = _pick(rng, COLOR_WORDS[obj.color])
-    shape = _pick(rng, SHAPE_WORDS[obj.shape])
-    size = _pick(rng, SIZE_WORDS[obj.size]) + " " if rng.random() < _P_SIZE else ""
+    color = pick(rng, COLOR_WORDS[obj.color])
+    shape = pick(rng, SHAPE_WORDS[obj.shape])
+    size = pick(rng, SIZE_WORDS[obj.size]) + " " if rng.random() < _P_SIZE else ""
     where = ""
     if rng.random() < _P_POSITION:
-        where = " " + _pick(rng, POSITION_WORDS[position_of(obj.cx, obj.cy)])
-    template = _pick(rng, OBJECT_TEMPLATES)
-    return _with_article(template.format(size=size, color=color, shape=shape, where=where))
+        where = " " + pick(rng, POSITION_WORDS[position_of(obj.cx, obj.cy)])
+    template = pick(rng, OBJECT_TEMPLATES)
+    return with_article(template.format(size=size, color=color, shape=shape, where=where))
 
 
 def describe(objects: Sequence[SceneObject], background: Background | str,
@@ -272,9 +276,9 @@ def describe(objects: Sequence[SceneObject], background: Background | str,
     else:
         rest = phrases[1:]
         rest_text = rest[0] if len(rest) == 1 else ", ".join(rest[:-1]) + " and " + rest[-1]
-        joined = _pick(rng, JOIN_TEMPLATES).format(first=phrases[0], rest=rest_text)
-    template = _pick(rng, SCENE_TEMPLATES)
-    return template.format(objects=joined, background=_pick(rng, BACKGROUND_WORDS[tone]))
+        joined = pick(rng, JOIN_TEMPLATES).format(first=phrases[0], rest=rest_text)
+    template = pick(rng, SCENE_TEMPLATES)
+    return template.format(objects=joined, background=pick(rng, BACKGROUND_WORDS[tone]))
 
 
 # ----------------------------------------------------------------------------
@@ -371,11 +375,33 @@ def _sdf(obj: SceneObject, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 _GRIDS: dict[int, np.ndarray] = {}
 
 
-def _pixel_centres(size: int) -> np.ndarray:
+def pixel_centres(size: int) -> np.ndarray:
+    """Pixel centres along one image axis as fractions of the side, float32 ``[size]``: ``(j + 0.5) / size``.
+    The same array for x (columns) and y (rows); do not write to it."""
     # Cached: the same few sizes are rendered millions of times.
     if size not in _GRIDS:
         _GRIDS[size] = (np.arange(size, dtype=np.float32) + 0.5) / size
     return _GRIDS[size]
+
+
+def coverage(d: np.ndarray, size: int) -> np.ndarray:
+    """Antialiased coverage in [0, 1] of pixels whose centres lie at signed distance ``d`` (fraction of the image
+    side, negative inside) from a shape's outline, in an image ``size`` pixels wide."""
+    # Coverage of a pixel by a straight edge at distance d (in pixels) from its centre, approximated as a 1-px
+    # linear ramp: clip(0.5 - d * size, 0, 1), written in place because it runs dozens of times per image.
+    cover = d * np.float32(-size)
+    cover += np.float32(0.5)
+    return np.clip(cover, 0.0, 1.0, out=cover)
+
+
+def ramp_background(size: int, rgb: Sequence[float], angle: float, amplitude: float) -> np.ndarray:
+    """A background, float32 ``[3, size, size]`` in [0, 1]: ``rgb`` at the image centre plus a linear ramp of total
+    strength ``amplitude`` along the direction ``angle`` (radians, from +x towards +y, y downwards)."""
+    u = pixel_centres(size)
+    c, s = math.cos(angle), math.sin(angle)
+    ramp = (u[None, :] - 0.5) * np.float32(c) + (u[:, None] - 0.5) * np.float32(s)
+    image = np.asarray(rgb, np.float32)[:, None, None] + np.float32(amplitude) * ramp[None]
+    return np.clip(image, 0.0, 1.0, out=image)
 
 
 def render_scene(objects: Sequence[SceneObject], background: Background, size: int,
@@ -390,13 +416,8 @@ def render_scene(objects: Sequence[SceneObject], background: Background, size: i
     ``image = background * (1 - masks.sum(0)) + sum_k masks[k] * colour_k``.
     """
     num_slots = len(objects) if num_slots is None else num_slots
-    u = _pixel_centres(size)
-
-    c, s = math.cos(background.angle), math.sin(background.angle)
-    ramp = (u[None, :] - 0.5) * np.float32(c) + (u[:, None] - 0.5) * np.float32(s)
-    image = np.asarray(background.rgb, np.float32)[:, None, None] \
-        + np.float32(background.amplitude) * ramp[None]
-    np.clip(image, 0.0, 1.0, out=image)
+    u = pixel_centres(size)
+    image = ramp_background(size, background.rgb, background.angle, background.amplitude)
     masks = np.zeros((num_slots, size, size), np.float32)
 
     for k, obj in enumerate(objects):
@@ -407,10 +428,7 @@ def render_scene(objects: Sequence[SceneObject], background: Background, size: i
         x1 = min(int(math.ceil((obj.cx + obj.radius) * size)) + 1, size)
         y0 = max(int((obj.cy - obj.radius) * size) - 1, 0)
         y1 = min(int(math.ceil((obj.cy + obj.radius) * size)) + 1, size)
-        d = _sdf(obj, u[None, x0:x1], u[y0:y1, None])
-        # Coverage of a pixel by a straight edge at distance d (in pixels) from
-        # its centre, approximated as a 1-px linear ramp.
-        cover = np.clip(np.float32(0.5) - d * np.float32(size), 0.0, 1.0)
+        cover = coverage(_sdf(obj, u[None, x0:x1], u[y0:y1, None]), size)
         keep = 1.0 - cover
         box = (slice(y0, y1), slice(x0, x1))
         masks[(slice(0, k), *box)] *= keep
@@ -424,7 +442,9 @@ def render_scene(objects: Sequence[SceneObject], background: Background, size: i
 # Scenes dataset
 # ----------------------------------------------------------------------------
 
-def _check_int(name: str, value: Any, low: int, high: float | None = None) -> int:
+def check_int(name: str, value: Any, low: int, high: float | None = None) -> int:
+    """``value`` as an int if it is one (not a bool) in [low, high] (high None: no upper bound), else DataError
+    naming ``name``, the allowed range and what came."""
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
     if ok and value >= low and (high is None or value <= high):
         return int(value)
@@ -432,7 +452,26 @@ def _check_int(name: str, value: Any, low: int, high: float | None = None) -> in
     raise DataError(f"{name} must be {allowed}, got {value!r}")
 
 
-class Scenes(Dataset):
+class ProceduralDataset(Dataset):
+    """A dataset whose item i is drawn from ``np.random.default_rng([seed, i])``, so that any item can be
+    regenerated alone, in any order, by any DataLoader worker. Subclasses set ``self.length`` and ``self.seed``."""
+
+    length: int
+    seed: int
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _rng(self, index: int) -> np.random.Generator:
+        i = operator.index(index)
+        if i < 0:
+            i += self.length
+        if not 0 <= i < self.length:
+            raise IndexError(f"index {index} out of range for {type(self).__name__} of length {self.length}")
+        return np.random.default_rng([self.seed, i])
+
+
+class Scenes(ProceduralDataset):
     """Procedural scenes of coloured shapes; conventions in the module docstring.
 
     Args:
@@ -453,11 +492,11 @@ class Scenes(Dataset):
     def __init__(self, size: int = 64, length: int = 10_000, seed: int = 0,
                  max_objects: int = 1, min_objects: int = 1, sizes: Sequence[str] = SIZES,
                  upright: bool = False):
-        self.size = _check_int("size", size, 32, 512)
-        self.length = _check_int("length", length, 1)
-        self.seed = _check_int("seed", seed, 0)
-        self.max_objects = _check_int("max_objects", max_objects, 1, MAX_OBJECTS)
-        self.min_objects = _check_int("min_objects", min_objects, 1, MAX_OBJECTS)
+        self.size = check_int("size", size, 32, 512)
+        self.length = check_int("length", length, 1)
+        self.seed = check_int("seed", seed, 0)
+        self.max_objects = check_int("max_objects", max_objects, 1, MAX_OBJECTS)
+        self.min_objects = check_int("min_objects", min_objects, 1, MAX_OBJECTS)
         if self.min_objects > self.max_objects:
             raise DataError(f"min_objects must be <= max_objects, got min_objects={min_objects} "
                             f"and max_objects={max_objects}")
@@ -466,17 +505,6 @@ class Scenes(Dataset):
         if not isinstance(upright, bool):
             raise DataError(f"upright must be True or False, got {upright!r}")
         self.sizes, self.upright = tuple(sizes), upright
-
-    def __len__(self) -> int:
-        return self.length
-
-    def _rng(self, index: int) -> np.random.Generator:
-        i = operator.index(index)
-        if i < 0:
-            i += self.length
-        if not 0 <= i < self.length:
-            raise IndexError(f"index {index} out of range for Scenes of length {self.length}")
-        return np.random.default_rng([self.seed, i])
 
     def objects(self, index: int) -> tuple[list[SceneObject], Background]:
         """The scene of item ``index``: (objects in drawing order, background)."""
