@@ -17,6 +17,8 @@ Modules, bottom to top (nothing imports upward):
     train        one trainer (AdamW, warm-up, EMA, accumulation, bf16, checkpoints, resume); Algorithm 1
     sample       Algorithm 2 (DDPM), DDIM, DPM-Solver++ (2M); the sampling loop
     pipeline     generate: sample, guide, decode (what a user calls to make images)
+    convert      Stable Diffusion v1.x's weights (diffusers folders, CompVis files; local files only) in these
+                 networks, and back out to SD's layouts
     recipes      the training commands' functions: train_autoencoder, train_diffusion, ...
     pretrained   the course's small checkpoints in data/: where they live, how to load them
     viz          image grids, latent channels, loss curves

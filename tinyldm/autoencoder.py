@@ -25,6 +25,9 @@ from .layers import group_norm
 
 KIND = "autoencoder"
 
+# AutoencoderConfig.downsample_padding: how the encoder's stride-2 convs pad
+PADDINGS = ("symmetric", "asymmetric")
+
 
 @dataclass(frozen=True)
 class AutoencoderConfig:
@@ -38,9 +41,14 @@ class AutoencoderConfig:
     mid_attention: bool = True  # one self-attention block at the lowest resolution, as in LDM
     norm_groups: int = 32
     kl_weight: float = 1e-6
+    # how the encoder's stride-2 conv3x3 pads: "symmetric", one pixel on every side (the course models);
+    # "asymmetric", one pixel on the right and bottom only (LDM and Stable Diffusion: the same shapes, other numbers)
+    downsample_padding: str = "symmetric"
 
     def __post_init__(self):
         object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
+        if self.downsample_padding not in PADDINGS:
+            raise ValueError(f"downsample_padding must be one of {PADDINGS}, got {self.downsample_padding!r}")
         if self.in_channels < 1 or self.latent_channels < 1 or self.base_channels < 1:
             raise ValueError(f"channel counts must be >= 1, got {self}")
         if not self.channel_mult or min(self.channel_mult) < 1:
@@ -55,8 +63,10 @@ class AutoencoderConfig:
 
     @classmethod
     def sd(cls) -> "AutoencoderConfig":
-        """Stable Diffusion v1's autoencoder shape (kl-f8): [b,3,256,256] -> [b,4,32,32], 84M params."""
-        return cls(base_channels=128, channel_mult=(1, 2, 4, 4), num_res_blocks=2)
+        """Stable Diffusion v1's autoencoder (kl-f8): [b,3,256,256] -> [b,4,32,32], 84M params, with SD's
+        asymmetric downsampling padding, so that SD's weights load into it exactly
+        (:func:`tinyldm.convert.load_autoencoder`; their scale_factor is 0.18215)."""
+        return cls(base_channels=128, channel_mult=(1, 2, 4, 4), num_res_blocks=2, downsample_padding="asymmetric")
 
     @classmethod
     def course(cls) -> "AutoencoderConfig":
@@ -119,6 +129,17 @@ class AttnBlock(nn.Module):
         return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 
 
+class PadRightBottomConv(nn.Conv2d):
+    """LDM's downsampler: a stride-2 conv3x3 (no padding of its own) after padding only the right and bottom by one,
+    ``[b, c, H, W]`` -> ``[b, c, H/2, W/2]``. Its weights have the names and shapes of a plain conv."""
+
+    def __init__(self, c: int):
+        super().__init__(c, c, 3, stride=2, padding=0)
+
+    def forward(self, x):
+        return super().forward(F.pad(x, (0, 1, 0, 1)))
+
+
 class Encoder(nn.Module):
     """x [b, in, H, W] -> moments [b, 2 * latent, H/f, W/f] (mean and log-variance)."""
 
@@ -131,8 +152,9 @@ class Encoder(nn.Module):
             for _ in range(cfg.num_res_blocks):
                 layers.append(ResBlock(c, width, g))
                 c = width
-            if level < len(widths) - 1:
-                layers.append(nn.Conv2d(c, c, 3, stride=2, padding=1))  # halve H and W
+            if level < len(widths) - 1:  # halve H and W
+                layers.append(PadRightBottomConv(c) if cfg.downsample_padding == "asymmetric"
+                              else nn.Conv2d(c, c, 3, stride=2, padding=1))
         self.down = nn.Sequential(*layers)
         self.mid = nn.Sequential(ResBlock(c, c, g), AttnBlock(c, g) if cfg.mid_attention else nn.Identity(),
                                  ResBlock(c, c, g))

@@ -14,9 +14,9 @@ from torch import nn
 __all__ = ["group_norm", "strided_cnn", "images_at"]
 
 
-def group_norm(channels: int, groups: int) -> nn.GroupNorm:
+def group_norm(channels: int, groups: int, eps: float = 1e-6) -> nn.GroupNorm:
     # a group count that divides the channel count, so narrow CPU models work with the same code
-    return nn.GroupNorm(math.gcd(groups, channels), channels, eps=1e-6)
+    return nn.GroupNorm(math.gcd(groups, channels), channels, eps=eps)
 
 
 def strided_cnn(widths: tuple[int, ...], in_channels: int = 3, groups: int = 8) -> nn.Sequential:

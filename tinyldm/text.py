@@ -23,7 +23,7 @@ import re
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -242,26 +242,26 @@ def clip_download_hint(name: str = CLIP_VIT_L_14) -> str:
             f"the command and pass the folder's path.")
 
 
-def _cached_snapshot(name: str) -> Path:
+def _cached_snapshot(name: str, what: str = "CLIP weights", hint: Callable[..., str] = clip_download_hint,
+                     error: type[FileNotFoundError] = TextEncoderNotFound) -> Path:
     """The folder of hub model ``name`` in the Hugging Face cache, found on disk alone.
 
     The cache keeps ``models--{org}--{model}/snapshots/{commit}/`` with ``refs/main`` naming the commit that was
     downloaded. huggingface_hub's own look-ups (hf_hub_download, snapshot_download) may reach the network even
-    with ``local_files_only=True``, so the loader reads this layout itself.
+    with ``local_files_only=True``, so the loader reads this layout itself. When ``name`` is not there, raises
+    ``error`` saying that ``what`` is missing, with ``hint(name)`` (``hint()`` for a name that is no hub id).
     """
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     try:
         validate_repo_id(name)
     except HFValidationError:
-        raise TextEncoderNotFound(f"{name!r} is neither a folder nor a hub model id such as {CLIP_VIT_L_14!r}. "
-                                  + clip_download_hint()) from None
+        raise error(f"{name!r} is neither a folder nor a hub model id ('org/name'). " + hint()) from None
     repo = _hub_cache() / ("models--" + name.replace("/", "--"))
     ref = repo / "refs" / "main"
     snapshot = repo / "snapshots" / ref.read_text().strip() if ref.is_file() else None
     if snapshot is None or not snapshot.is_dir():
-        raise TextEncoderNotFound(f"CLIP weights {name!r} are not on this machine (not in the Hugging Face "
-                                  f"cache). " + clip_download_hint(name))
+        raise error(f"{what} {name!r} are not on this machine (not in the Hugging Face cache). " + hint(name))
     return snapshot
 
 
