@@ -338,3 +338,19 @@ def test_loading_with_another_autoencoder_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="autoencoder"):
         generate(UNet.load(path), other, n=1, latent_shape=(4, 8, 8))
     assert generate(UNet.load(path), other, n=1, latent_shape=(4, 8, 8), allow_other_autoencoder=True).shape[0] == 1
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    unet = perturbed(UNet(UNetConfig.tiny(context_dim=8)))
+    x, t, c = torch.randn(2, 4, 8, 8), torch.tensor([3, 700]), torch.randn(2, 5, 8)
+    grads = []
+    for on in (False, True):
+        unet.zero_grad()
+        unet.gradient_checkpointing = on
+        unet.train()(x, t, context=c).square().sum().backward()
+        grads.append([p.grad.clone() for p in unet.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+    with torch.no_grad():  # sampling never checkpoints (nothing to save memory for)
+        unet(x, t, context=c)

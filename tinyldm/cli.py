@@ -6,6 +6,8 @@
     tinyldm train-judge [options]        train the judge that scores generated scenes
     tinyldm train-text-encoder [options] train the offline CLIP-style text encoder on scene captions
     tinyldm evaluate UNET [options]      the judge's reading of 240 samples of a trained UNet
+    tinyldm convert-sd SD --out DIR      Stable Diffusion v1 weights as tinyldm's own UNet and autoencoder files
+    tinyldm export-sd [options]          a tinyldm UNet and autoencoder in Stable Diffusion's layouts
     tinyldm info FILE                    what a tinyldm .safetensors file holds
 
 Each training command writes its model file into its run folder (``--run-dir``, under ``build/runs/``) unless
@@ -25,8 +27,12 @@ from pathlib import Path
 
 from .config import BUILD_DIR, DATA_DIR
 from .data.scenes import SIZES
-from .recipes import CONDITIONS, COURSE_DATABASE, COURSE_SCENES
+from .recipes import CONDITIONS, COURSE_DATABASE, COURSE_SCENES, FINETUNE_LR
 from .unet import PRESETS as UNET_PRESETS
+
+
+DATA_HELP = ("the training images: scenes (procedural, the course's default), faces (the procedural face stand-in) "
+             "or a folder of images such as FFHQ (any size; resized and centre-cropped; its last tenth held out)")
 
 
 class UsageError(Exception):
@@ -83,6 +89,36 @@ def _cmd_course(args) -> int:
     return 1 if failed else 0
 
 
+def _data(args) -> str:
+    """--data: "scenes", "faces" or a folder of images that exists."""
+    if args.data not in ("scenes", "faces") and not Path(args.data).is_dir():
+        raise UsageError(f"--data {args.data!r}: expected 'scenes', 'faces' or a folder of images (no such folder)")
+    return args.data
+
+
+def _text_encoder(value: str):
+    """--text-encoder: a SceneCLIP file (made by train-text-encoder), or a CLIP text model in a local folder or the
+    Hugging Face cache (e.g. openai/clip-vit-large-patch14), or the text encoder of a Stable Diffusion folder."""
+    from .text import CLIPTextEncoder, SceneCLIP, TextEncoderNotFound
+
+    from .checkpoint import CheckpointError
+    from .convert import WeightsNotFound, load_text_encoder
+
+    path = Path(value)
+    try:
+        if path.suffix == ".safetensors":
+            try:
+                return SceneCLIP.load(_existing(value, "--text-encoder", "tinyldm train-text-encoder")
+                                      ).requires_grad_(False)
+            except CheckpointError:
+                return load_text_encoder(path)  # not a SceneCLIP: the text encoder of an SD single file
+        if (path / "text_encoder").is_dir() or (path / "model_index.json").is_file():
+            return load_text_encoder(path)
+        return CLIPTextEncoder.from_pretrained(value)
+    except (TextEncoderNotFound, WeightsNotFound) as e:
+        raise UsageError(f"--text-encoder {value}: {e}") from None
+
+
 def _cmd_train_autoencoder(args) -> int:
     from .recipes import train_autoencoder
     from .train import TrainConfig
@@ -94,8 +130,8 @@ def _cmd_train_autoencoder(args) -> int:
                                   max_objects=args.max_objects,
                                   n_images=args.n_images, train_config=tc, run_dir=args.run_dir,
                                   resume=not args.restart, device=args.device, out=_out(args),
-                                  init=args.init, kl_weight=args.kl_weight)
-    print(f"saved {_out(args)}: PSNR {value:.2f} dB on 256 held-out {args.size}px scenes, "
+                                  init=args.init, kl_weight=args.kl_weight, data=_data(args))
+    print(f"saved {_out(args)}: PSNR {value:.2f} dB on held-out {args.size}px images ({args.data}), "
           f"scale_factor {ae.scale_factor.item():.4f}")
     return 0
 
@@ -109,27 +145,44 @@ def _image_encoder(args):
                                                       "tinyldm train-text-encoder")))
 
 
+def _fsd_curve(args, ae):
+    """--fsd-every: the FSD of 256 samples to 256 held-out images of the data, in the course judge's features,
+    appended to RUN_DIR/fsd.jsonl."""
+    import torch
+
+    from .metrics import Judge
+    from .recipes import FSDCurve, image_data
+
+    if args.data not in ("scenes", "faces"):
+        raise UsageError("--fsd-every needs a judge of the data: --data scenes or faces")
+    judge_file = args.judge or DATA_DIR / f"judge-{'faces' if args.data == 'faces' else 'scenes64'}.safetensors"
+    judge = Judge.load(_existing(judge_file, "--judge", f"tinyldm train-judge --data {args.data}"))
+    held = image_data(args.data, args.image_size, 256, split="held_out")
+    reference = torch.stack([held[i]["image"] for i in range(len(held))])
+    return FSDCurve(ae, judge, reference, args.fsd_every, log=Path(args.run_dir) / "fsd.jsonl")
+
+
 def _cmd_train_diffusion(args) -> int:
     from .autoencoder import Autoencoder
-    from .recipes import train_diffusion
-    from .text import SceneCLIP
+    from .recipes import FINETUNE_LR, train_diffusion
+    from .schedule import ScheduleConfig
     from .train import TrainConfig
 
-    tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
+    lr = args.lr if args.lr is not None else (FINETUNE_LR if args.init else 1e-3)
+    tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=lr, warmup_steps=args.warmup,
                      ema_decay=args.ema, ckpt_every=args.ckpt_every, precision=args.precision,
                      num_workers=args.workers, seed=args.seed, grad_accum=args.grad_accum,
                      cooldown_steps=args.cooldown)
     ae = Autoencoder.load(_existing(args.autoencoder, "--autoencoder", "tinyldm train-autoencoder"))
-    text_encoder = None
-    if args.condition == "text":
-        path = _existing(args.text_encoder, "--text-encoder", "tinyldm train-text-encoder")
-        text_encoder = SceneCLIP.load(path).requires_grad_(False)
+    text_encoder = _text_encoder(args.text_encoder) if args.condition == "text" else None
+    schedule = ScheduleConfig.preset(args.schedule) if args.schedule else None
     image_encoder, database = None, None
     if args.condition == "retrieval":
         from .recipes import course_database
 
         image_encoder = _image_encoder(args)
         database = course_database(image_encoder, n=args.database_size)
+    callbacks = [_fsd_curve(args, ae)] if args.fsd_every else []
     hold_out = [int(v) for v in args.hold_out.split(",") if v.strip()] if args.hold_out else []
     model, trainer = train_diffusion(ae, args.preset, n_images=args.n_images, max_objects=args.max_objects,
                                      train_config=tc, run_dir=args.run_dir, resume=not args.restart,
@@ -137,7 +190,11 @@ def _cmd_train_diffusion(args) -> int:
                                      condition=args.condition, text_encoder=text_encoder, p_uncond=args.p_uncond,
                                      hold_out=hold_out, snr_gamma=args.snr_gamma, init=args.init,
                                      sizes=_names(args.sizes, "--sizes"), upright=args.upright,
-                                     image_encoder=image_encoder, k=args.k, database=database)
+                                     image_encoder=image_encoder, k=args.k, database=database,
+                                     data=_data(args), image_size=args.image_size, flip=args.flip,
+                                     caption=args.caption, schedule=schedule,
+                                     freeze=[v.strip() for v in args.freeze.split(",") if v.strip()],
+                                     gradient_checkpointing=args.grad_checkpointing, callbacks=callbacks)
     print(f"saved {_out(args)}: {model.num_parameters() / 1e6:.2f}M parameters, {trainer.step} steps")
     return 0
 
@@ -148,8 +205,8 @@ def _cmd_train_judge(args) -> int:
 
     tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=50, ema_decay=None,
                      grad_clip=None, seed=args.seed)
-    _, acc = train_judge(tc, device=args.device, out=_out(args))
-    print(f"saved {_out(args)}: reads all attributes right on {acc:.1%} of 1000 held-out scenes")
+    _, acc = train_judge(tc, device=args.device, out=_out(args), data=args.data)
+    print(f"saved {_out(args)}: reads all attributes right on {acc:.1%} of 1000 held-out {args.data}")
     return 0
 
 
@@ -161,6 +218,39 @@ def _cmd_train_text_encoder(args) -> int:
                      seed=args.seed)
     _, acc = train_text_encoder(tc, device=args.device, out=_out(args))
     print(f"saved {_out(args)}: zero-shot accuracy {acc:.1%} on 512 held-out scenes (24 prompts, chance 4.2%)")
+    return 0
+
+
+def _cmd_convert_sd(args) -> int:
+    from .convert import WeightsNotFound, load_autoencoder, load_unet
+
+    out = Path(args.out)
+    try:
+        unet, ae = load_unet(args.source), load_autoencoder(args.source)
+    except WeightsNotFound as e:
+        raise UsageError(str(e)) from None
+    source = str(args.source)
+    unet.save(out / "unet.safetensors", converted_from=source, command=" ".join(["tinyldm", *sys.argv[1:]]))
+    ae.save(out / "autoencoder.safetensors", converted_from=source)
+    print(f"saved {out}/unet.safetensors ({unet.num_parameters() / 1e6:.0f}M parameters) and "
+          f"{out}/autoencoder.safetensors (scale_factor {ae.scale_factor.item():.5f}) from {source}; the text encoder "
+          f"stays where it is: pass --text-encoder {source}")
+    return 0
+
+
+def _cmd_export_sd(args) -> int:
+    from .autoencoder import Autoencoder
+    from .convert import save_compvis, save_diffusers
+    from .unet import UNet
+
+    unet = UNet.load(_existing(args.unet, "--unet", "tinyldm train-diffusion"))
+    ae = Autoencoder.load(_existing(args.autoencoder, "--autoencoder", "tinyldm convert-sd"))
+    text = _text_encoder(args.text_encoder) if args.text_encoder else None
+    if args.layout == "compvis":
+        save_compvis(args.out, unet, ae, text)
+    else:
+        save_diffusers(args.out, unet, ae, text)
+    print(f"wrote {args.out} in the {args.layout} layout")
     return 0
 
 
@@ -198,8 +288,19 @@ def _cmd_evaluate(args) -> int:
     from .unet import UNet
 
     ae = Autoencoder.load(_existing(args.autoencoder, "--autoencoder", "tinyldm train-autoencoder"))
-    judge = Judge.load(_existing(args.judge, "--judge", "tinyldm train-judge")).eval()
     unet = UNet.load(_existing(args.unet, "UNET", "tinyldm train-diffusion"))
+    faces = unet.info.get("source") == "faces"
+    judge_file = args.judge or DATA_DIR / ("judge-faces.safetensors" if faces else "judge-scenes64.safetensors")
+    judge = Judge.load(_existing(judge_file, "--judge", "tinyldm train-judge" + (" --data faces" if faces else "")))
+    if faces:
+        from .recipes import face_test
+
+        check_partner(unet, ae, "autoencoder", "autoencoder")
+        result = face_test(unet.eval(), ae, judge.eval(), n=args.n or 256, image_size=args.image_size,
+                           s=args.s, steps=args.steps, seed=args.seed)
+        print(json.dumps(_rounded({"unet": args.unet, "s": args.s, "steps": args.steps, "seed": args.seed,
+                                   **result})))
+        return 0
     text_encoder = image_encoder = database = None
     retrieval = unet.info.get("condition") == "retrieval"
     if retrieval:
@@ -240,7 +341,9 @@ def _run_flags(p: argparse.ArgumentParser, name: str, steps: int, batch_size: in
     """What every training command takes: length, batch, lr, seed, device, the run folder and the model file."""
     p.add_argument("--steps", type=int, default=steps)
     p.add_argument("--batch-size", type=int, default=batch_size)
-    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--lr", type=float, default=lr,
+                   help=None if lr is not None else "peak learning rate (default: 1e-3; with --init, finetuning: "
+                                                    "%s)" % FINETUNE_LR)
     p.add_argument("--seed", type=int, default=0, help="initial weights and every random draw of training")
     p.add_argument("--device", default=None)
     p.add_argument("--run-dir", default=str(BUILD_DIR / "runs" / name),
@@ -275,8 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--crop", type=int, default=32, help="train on random crops of this side (0: whole images)")
     p.add_argument("--whole-image-steps", type=int, default=400,
                    help="with --crop, the last steps train on whole images (GroupNorm statistics differ on crops)")
+    p.add_argument("--data", default="scenes", help=DATA_HELP)
     p.add_argument("--max-objects", type=int, default=2)
-    p.add_argument("--n-images", type=int, default=50_000, help="distinct training scenes")
+    p.add_argument("--n-images", type=int, default=50_000, help="distinct training images (at most)")
     p.add_argument("--init", default=None, help="fine-tune this saved autoencoder (its file sets the architecture)")
     p.add_argument("--kl-weight", type=float, default=None, help="weight of the KL term (default: the preset's)")
     _run_flags(p, "autoencoder", steps=4400, batch_size=32, lr=1e-3)
@@ -286,13 +390,27 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train-diffusion", help="train an eps-prediction UNet on cached latents (Algorithm 1)")
     p.add_argument("--preset", default="course", help="UNet preset, one of " + ", ".join(UNET_PRESETS))
     p.add_argument("--autoencoder", default=str(DATA_DIR / "autoencoder-course.safetensors"))
-    p.add_argument("--n-images", type=int, default=20_000, help="scenes to encode and train on")
+    p.add_argument("--data", default="scenes", help=DATA_HELP)
+    p.add_argument("--image-size", type=int, default=64, help="image side in pixels (latents: side / f)")
+    p.add_argument("--flip", action="store_true", help="also train on mirrored images (encoded once, cached)")
+    p.add_argument("--caption", default="", help="the caption of a folder's images that have no NAME.txt beside them")
+    p.add_argument("--schedule", default=None, choices=["linear", "scaled_linear", "cosine"],
+                   help="noise schedule: DDPM's linear, Stable Diffusion's scaled_linear, or cosine (default: linear; "
+                        "with --init the model's own)")
+    p.add_argument("--fsd-every", type=int, default=0,
+                   help="every N steps, the FSD of 256 samples to held-out images (scenes or faces), appended to "
+                        "RUN_DIR/fsd.jsonl")
+    p.add_argument("--judge", default=None, help="with --fsd-every: the judge (default: the course judge of --data)")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute activations in the backward pass: far less memory for about a third more compute")
+    p.add_argument("--freeze", default="", help="with --init: parts that keep their weights, e.g. down,mid,time_embed")
+    p.add_argument("--n-images", type=int, default=20_000, help="images to encode and train on (at most)")
     p.add_argument("--max-objects", type=int, default=1)
     p.add_argument("--sizes", default=",".join(COURSE_SCENES["sizes"]),
                    help="the object sizes of the training scenes, from " + ", ".join(SIZES) + " (default: %(default)s)")
     p.add_argument("--upright", action=argparse.BooleanOptionalAction, default=COURSE_SCENES["upright"],
                    help="every object upright; --no-upright: at random rotations (default: %(default)s)")
-    _run_flags(p, "diffusion", steps=8000, batch_size=64, lr=1e-3)
+    _run_flags(p, "diffusion", steps=8000, batch_size=64, lr=None)
     _resumable_flags(p, warmup=200, ckpt_every=500)
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--cooldown", type=int, default=0,
@@ -304,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
                         "neighbours (cross-attention to their image embeddings)")
     p.add_argument("--p-uncond", type=float, default=0.1, help="condition dropout for classifier-free guidance")
     p.add_argument("--text-encoder", default=str(DATA_DIR / "text-scenes.safetensors"),
-                   help="with --condition text: the frozen text encoder's file")
+                   help="with --condition text: the frozen text encoder: a SceneCLIP file, a CLIP folder or hub id "
+                        "in the Hugging Face cache (openai/clip-vit-large-patch14), or a Stable Diffusion folder")
     p.add_argument("--image-encoder", default=str(DATA_DIR / "text-scenes.safetensors"),
                    help="with --condition retrieval: the SceneCLIP whose image tower embeds the scenes")
     p.add_argument("--k", type=int, default=4, help="with --condition retrieval: neighbours per image")
@@ -317,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="go on training this saved UNet (fresh optimizer and lr schedule; its file sets the network)")
     p.set_defaults(fn=_cmd_train_diffusion)
 
-    p = sub.add_parser("train-judge", help="train the judge that scores generated scenes (metrics)")
+    p = sub.add_parser("train-judge", help="train the judge that scores generated scenes or faces (metrics)")
+    p.add_argument("--data", default="scenes", choices=["scenes", "faces"], help="what the judge learns to read")
     _run_flags(p, "judge", steps=3000, batch_size=64, lr=2e-3)
     p.set_defaults(fn=_cmd_train_judge)
 
@@ -329,7 +449,11 @@ def main(argv: list[str] | None = None) -> int:
                                         "judge reads: shape and colour right, or the shape mix")
     p.add_argument("unet", help="a UNet file made by train-diffusion")
     p.add_argument("--autoencoder", default=str(DATA_DIR / "autoencoder-course.safetensors"))
-    p.add_argument("--judge", default=str(DATA_DIR / "judge-scenes64.safetensors"))
+    p.add_argument("--judge", default=None, help="the judge file (default: the course judge of the model's data, "
+                                                 "data/judge-scenes64.safetensors or data/judge-faces.safetensors)")
+    p.add_argument("--n", type=int, default=None, help="face models: samples for the FSD (default 256)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="face models: sample at this size (default: the size the model was trained at)")
     p.add_argument("--text-encoder", default=str(DATA_DIR / "text-scenes.safetensors"))
     p.add_argument("--image-encoder", default=str(DATA_DIR / "text-scenes.safetensors"),
                    help="retrieval models: the SceneCLIP whose image tower made the database")
@@ -340,6 +464,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20, help="DDIM steps")
     p.add_argument("--seed", type=int, default=1, help="the samples' noise")
     p.set_defaults(fn=_cmd_evaluate)
+
+    p = sub.add_parser("convert-sd", help="Stable Diffusion v1 weights (a diffusers folder or a single .safetensors "
+                                          "file, local) as tinyldm's own UNet and autoencoder files")
+    p.add_argument("source", help="a diffusers folder, a CompVis single-file .safetensors, or a hub id in the cache")
+    p.add_argument("--out", required=True, help="the folder for unet.safetensors and autoencoder.safetensors")
+    p.set_defaults(fn=_cmd_convert_sd)
+
+    p = sub.add_parser("export-sd", help="a tinyldm UNet and autoencoder (a finetune of SD) in Stable Diffusion's "
+                                         "layouts, for other tools")
+    p.add_argument("--unet", required=True)
+    p.add_argument("--autoencoder", required=True)
+    p.add_argument("--text-encoder", default=None, help="also the CLIP text encoder (an SD folder or a CLIP folder)")
+    p.add_argument("--layout", choices=["compvis", "diffusers"], default="diffusers")
+    p.add_argument("--out", required=True, help="a .safetensors file (compvis) or a folder (diffusers)")
+    p.set_defaults(fn=_cmd_export_sd)
 
     p = sub.add_parser("info", help="describe a tinyldm .safetensors file")
     p.add_argument("file")

@@ -30,6 +30,7 @@ from .checkpoint import SavableModel
 from .data import COLORS, SHAPES, SIZES
 
 KIND = "judge"
+# what the scenes judge reads: the first object's shape, colour and size (name -> number of values)
 ATTRIBUTES = {"shape": len(SHAPES), "color": len(COLORS), "size": len(SIZES)}
 
 
@@ -38,9 +39,26 @@ class JudgeConfig:
     image_size: int = 64  # inputs of other sizes are resized to this
     widths: tuple[int, ...] = (16, 32, 64, 128)  # one stride-2 stage each: 64 -> 32 -> 16 -> 8 -> 4 px
     feature_dim: int = 128
+    # one head per attribute, (name, number of values) in the order of the data's "attributes": the scenes'
+    # ATTRIBUTES by default; JudgeConfig.faces() reads the face stand-in's FACE_ATTRIBUTES
+    attributes: tuple[tuple[str, int], ...] = tuple(ATTRIBUTES.items())
 
     def __post_init__(self):
         object.__setattr__(self, "widths", tuple(self.widths))
+        object.__setattr__(self, "attributes", tuple((str(k), int(n)) for k, n in self.attributes))
+        if not self.attributes or any(n < 2 for _, n in self.attributes):
+            raise ValueError(f"attributes must be (name, number of values >= 2) pairs, got {self.attributes!r}")
+
+    @classmethod
+    def faces(cls, **overrides) -> "JudgeConfig":
+        """The judge of the face stand-in: one head per entry of :data:`tinyldm.data.FACE_ATTRIBUTES`."""
+        from .data import FACE_ATTRIBUTES
+
+        return cls(**{"attributes": tuple((k, len(v)) for k, v in FACE_ATTRIBUTES.items()), **overrides})
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(k for k, _ in self.attributes)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,7 +74,7 @@ class Judge(SavableModel, nn.Module):
         self.config = config or JudgeConfig()
         self.body = strided_cnn(self.config.widths)
         self.proj = nn.Linear(self.config.widths[-1], self.config.feature_dim)
-        self.heads = nn.ModuleDict({name: nn.Linear(self.config.feature_dim, n) for name, n in ATTRIBUTES.items()})
+        self.heads = nn.ModuleDict({name: nn.Linear(self.config.feature_dim, n) for name, n in self.config.attributes})
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """``[b, 3, H, W]`` -> ``[b, feature_dim]`` (the space of the Frechet distance)."""
@@ -73,7 +91,7 @@ class Judge(SavableModel, nn.Module):
         self.eval()
         outs = [self(chunk) for chunk in x.split(batch_size)]
         self.train(was_training)
-        return {name: torch.cat([o[name] for o in outs]).argmax(1) for name in ATTRIBUTES}
+        return {name: torch.cat([o[name] for o in outs]).argmax(1) for name in self.config.names}
 
 
 def _degrade(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -86,13 +104,21 @@ def _degrade(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return x + (0.08 * u[:, 1]).view(b, 1, 1, 1) * noise
 
 
+def judged_attributes(batch: dict) -> torch.Tensor:
+    """What the judge learns to read, ``[b, A]``: a scene's first object's attributes (``"attributes"`` is
+    ``[b, objects, 3]`` there), or a face's own (``[b, A]``)."""
+    attributes = batch["attributes"]
+    return attributes[:, 0] if attributes.ndim == 3 else attributes
+
+
 def judge_loss(model: Judge, batch: dict, generator: torch.Generator):
-    """Cross-entropy of each head against the first object's attributes (``batch["attributes"][:, 0]``)."""
+    """Cross-entropy of each head against the attributes it reads (:func:`judged_attributes`)."""
     logits = model(_degrade(batch["image"], generator))
-    target = batch["attributes"][:, 0]
-    losses = {name: F.cross_entropy(logits[name], target[:, i]) for i, name in enumerate(ATTRIBUTES)}
+    target = judged_attributes(batch)
+    names = model.config.names
+    losses = {name: F.cross_entropy(logits[name], target[:, i]) for i, name in enumerate(names)}
     logs = {f"acc_{name}": (logits[name].argmax(1) == target[:, i]).float().mean().item()
-            for i, name in enumerate(ATTRIBUTES)}
+            for i, name in enumerate(names)}
     return sum(losses.values()), logs
 
 
@@ -108,12 +134,12 @@ def class_attributes(labels) -> torch.Tensor:
 
 @torch.no_grad()
 def attribute_accuracy(judge: Judge, images: torch.Tensor, attributes: torch.Tensor) -> dict[str, float]:
-    """Share of images whose first object the judge reads as ``attributes`` ``[b, 3]`` (shape, colour,
-    size indices; -1 = don't care). Also "all": shape, colour (and size, where given) all right."""
+    """Share of images that the judge reads as ``attributes`` ``[b, A]`` (one index per attribute of the judge, e.g.
+    a scene's shape, colour, size; -1 = don't care). Also "all": every attribute given read right."""
     pred = judge.predict(images)
     ok_all = torch.ones(len(images), dtype=torch.bool)
     result = {}
-    for i, name in enumerate(ATTRIBUTES):
+    for i, name in enumerate(pred):  # the judge's attributes, in order
         want = attributes[:, i].cpu()
         care = want >= 0
         if care.any():

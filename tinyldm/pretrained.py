@@ -23,7 +23,9 @@ from .unet import UNet
 
 __all__ = ["COURSE_AUTOENCODER", "COURSE_JUDGE", "COURSE_UNET", "COURSE_TEXT_ENCODER", "COURSE_CLASS_UNET",
            "COURSE_TEXT_UNET", "COURSE_RETRIEVAL_UNET", "course_autoencoder", "course_judge", "course_text_encoder",
-           "course_unet", "course_class_unet", "course_text_unet", "course_image_encoder", "course_retrieval_unet"]
+           "course_unet", "course_class_unet", "course_text_unet", "course_image_encoder", "course_retrieval_unet",
+           "COURSE_FACE_AUTOENCODER", "COURSE_FACE_JUDGE", "COURSE_FACE_UNET", "course_face_autoencoder",
+           "course_face_judge", "course_face_unet"]
 
 COURSE_AUTOENCODER = DATA_DIR / "autoencoder-course.safetensors"
 COURSE_JUDGE = DATA_DIR / "judge-scenes64.safetensors"
@@ -32,6 +34,9 @@ COURSE_TEXT_ENCODER = DATA_DIR / "text-scenes.safetensors"
 COURSE_CLASS_UNET = DATA_DIR / "unet-class.safetensors"
 COURSE_TEXT_UNET = DATA_DIR / "unet-text.safetensors"
 COURSE_RETRIEVAL_UNET = DATA_DIR / "unet-retrieval.safetensors"
+COURSE_FACE_AUTOENCODER = DATA_DIR / "autoencoder-faces.safetensors"
+COURSE_FACE_JUDGE = DATA_DIR / "judge-faces.safetensors"
+COURSE_FACE_UNET = DATA_DIR / "unet-faces.safetensors"
 
 
 def _load_or_stand_in(path: str | Path, load, what: str, command: str, make_stand_in):
@@ -126,3 +131,34 @@ def course_retrieval_unet(ae: Autoencoder | None = None, image_encoder: ImageEnc
         lambda: train_diffusion(ae, n_images=pick(5000, 64), train_config=_stand_in_config(), condition="retrieval",
                                 image_encoder=image_encoder,
                                 database=course_database(image_encoder, n=pick(5000, 256), progress=False))[0])
+
+
+def course_face_autoencoder(path: str | Path = COURSE_FACE_AUTOENCODER) -> Autoencoder:
+    """The course autoencoder finetuned on the face stand-in (f = 4, 64 px faces -> [b, 4, 16, 16]): the scenes'
+    autoencoder knows only their flat, saturated colours, and reconstructs skin and hair poorly."""
+    return _load_or_stand_in(
+        path, Autoencoder.load, "face autoencoder",
+        f"tinyldm train-autoencoder --init {COURSE_AUTOENCODER} --data faces --steps 2000 --lr 2e-4 --warmup 50 "
+        f"--out {COURSE_FACE_AUTOENCODER}", lambda: train_autoencoder(
+            data="faces", whole_image_steps=pick(100, 1), n_eval=pick(64, 8), init=COURSE_AUTOENCODER
+            if Path(COURSE_AUTOENCODER).exists() else None,
+            train_config=TrainConfig(steps=pick(300, 3), batch_size=32, lr=2e-4, warmup_steps=30, ema_decay=0.99))[0])
+
+
+def course_face_judge(path: str | Path = COURSE_FACE_JUDGE) -> Judge:
+    """The judge of the face stand-in: reads every attribute of a face; its features give the face FSD."""
+    return _load_or_stand_in(path, Judge.load, "face judge", f"tinyldm train-judge --data faces --out "
+                             f"{COURSE_FACE_JUDGE}", lambda: train_judge(
+        TrainConfig(steps=pick(300, 3), batch_size=64, lr=2e-3, warmup_steps=20, ema_decay=None, grad_clip=None),
+        n_eval=pick(200, 10), data="faces")[0])
+
+
+def course_face_unet(ae: Autoencoder | None = None, path: str | Path = COURSE_FACE_UNET) -> UNet:
+    """The course's unconditional UNet (notebook 03) finetuned on 64 px faces in the latents of
+    :func:`course_face_autoencoder`."""
+    ae = ae or course_face_autoencoder()
+    return _load_or_stand_in(
+        path, lambda p: UNet.load(p, autoencoder=ae), "face UNet",
+        f"tinyldm train-diffusion --data faces --init {COURSE_UNET} --autoencoder {COURSE_FACE_AUTOENCODER} "
+        f"--out {COURSE_FACE_UNET}",
+        lambda: train_diffusion(ae, n_images=pick(5000, 64), train_config=_stand_in_config(), data="faces")[0])

@@ -10,25 +10,29 @@ step from (seed, step), so the same command gives the same weights, fresh or res
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import sys
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset, Subset, default_collate
 
 from .autoencoder import Autoencoder, AutoencoderConfig, autoencoder_loss, reconstruction_psnr
 from .checkpoint import CheckpointError, fingerprint
 from .conditioning import LabelCondition, TextCondition
 from .config import BUILD_DIR, default_device, seeded
-from .data import NUM_CLASSES, SHAPES, SIZES, Scenes, class_name, label_of, random_crops
+from .data import (FACE_ATTRIBUTES, NUM_CLASSES, NUM_FACE_CLASSES, SHAPES, SIZES, Faces, ImageFolder, Scenes, class_name, label_of,
+                   random_crops)
 from .latents import LatentDataset, load_or_encode
-from .metrics import Judge, JudgeConfig, attribute_accuracy, class_attributes, judge_loss
+from .metrics import Judge, JudgeConfig, attribute_accuracy, class_attributes, fsd, judge_loss, judged_attributes
 from .pipeline import generate
 from .retrieval import Database, ImageEncoder, RetrievalCondition, WithNeighbours, load_or_compute_neighbours
 from .sample import DDIM
 from .schedule import NoiseSchedule, ScheduleConfig
-from .text import SceneCLIP, SceneCLIPConfig, clip_loss
+from .text import CLIPTextEncoder, SceneCLIP, SceneCLIPConfig, clip_loss
 from .train import EpsLoss, TrainConfig, Trainer
 from .unet import UNet, UNetConfig
 from .viz import image_grid
@@ -36,7 +40,8 @@ from .viz import image_grid
 __all__ = ["train_autoencoder", "train_judge", "train_text_encoder", "train_diffusion", "zero_shot_accuracy",
            "held_out_scenes", "course_scenes", "course_latents", "without_labels", "unet_needs", "SampleGrids",
            "sample_test", "TEXT_HOLD_OUT", "COURSE_SCENES", "CONDITIONS", "COURSE_DATABASE", "course_database",
-           "course_neighbours", "retrieval_queries"]
+           "course_neighbours", "retrieval_queries", "image_data", "cached_latents", "num_classes_of",
+           "freeze_parameters", "Part", "FINETUNE_LR", "FSDCurve", "face_test"]
 
 CONDITIONS = ("none", "class", "text", "retrieval")
 
@@ -49,6 +54,11 @@ COURSE_SCENES = {"sizes": ("large",), "upright": True}
 # The course's retrieval database: course scenes of their own seed, disjoint from the training scenes (seed 0) and
 # from the held-out ones (seed 1), as RDM keeps its database apart from its training set. 20k scenes embed in seconds.
 COURSE_DATABASE = {"n": 20_000, "seed": 2}
+
+# The peak lr of a finetune (``--init``) of the course models: a fifth of training from scratch, so the first steps
+# on new data do not wreck what the model knows (docs/experiments.md measures it; Stable Diffusion's own finetunes use
+# 1e-5 at batch 32 to 128, a tenth of its pretraining lr).
+FINETUNE_LR = 2e-4
 
 # (shape, colour) pairs the text model never sees together in training: "a yellow triangle", "a blue star"
 TEXT_HOLD_OUT = (label_of("triangle", "yellow"), label_of("star", "blue"))
@@ -75,9 +85,9 @@ def train_autoencoder(preset: str = "course", size: int = 64, crop: int | None =
                       max_objects: int = 2, n_images: int = 50_000, train_config: TrainConfig | None = None,
                       run_dir: str | Path | None = None, resume: bool = True, device=None,
                       out: str | Path | None = None, n_eval: int = 256, init: str | Path | None = None,
-                      kl_weight: float | None = None) -> tuple[Autoencoder, float]:
-    """Train an autoencoder on procedural scenes (seed 0), then fit its scale factor and measure its
-    PSNR on held-out whole scenes.
+                      kl_weight: float | None = None, data: str = "scenes") -> tuple[Autoencoder, float]:
+    """Train an autoencoder on procedural scenes (seed 0; or ``data``: "faces" or a folder of images, see
+    :func:`image_data`), then fit its scale factor and measure its PSNR on held-out whole images.
 
     ``init`` fine-tunes a saved autoencoder instead of starting from random weights (its file gives the
     architecture; ``preset`` is then not used). ``kl_weight`` overrides the config's weight of the KL term.
@@ -91,7 +101,8 @@ def train_autoencoder(preset: str = "course", size: int = 64, crop: int | None =
     Returns (the EMA model on the CPU, PSNR in dB); with ``out`` also saves it there.
     """
     train_config = train_config or TrainConfig(steps=4400, batch_size=32, lr=1e-3, warmup_steps=100)
-    data = Scenes(size=size, length=n_images, seed=0, max_objects=max_objects)
+    every = dict(max_objects=max_objects, sizes=SIZES, upright=False)  # the autoencoder sees every kind of scene
+    train_set = image_data(data, size, n_images, **every)
     phases = [(autoencoder_loss, train_config.steps)]  # (loss, train until this step)
     if crop:
         phases.insert(0, (_cropped(crop), train_config.steps - whole_image_steps))
@@ -99,7 +110,8 @@ def train_autoencoder(preset: str = "course", size: int = 64, crop: int | None =
         model = Autoencoder.load(init) if init is not None else Autoencoder(AutoencoderConfig.preset(preset))
     if kl_weight is not None:
         model.config = dataclasses.replace(model.config, kl_weight=kl_weight)
-    trainer = Trainer(model.train(), phases[0][0], data, train_config, out_dir=run_dir, resume=resume, device=device)
+    trainer = Trainer(model.train(), phases[0][0], train_set, train_config, out_dir=run_dir, resume=resume,
+                      device=device)
     if trainer.step:
         print(f"resuming {run_dir} at step {trainer.step}")
     for loss_fn, until in phases:
@@ -107,34 +119,38 @@ def train_autoencoder(preset: str = "course", size: int = 64, crop: int | None =
             trainer.loss_fn = loss_fn
             trainer.fit(steps=until - trainer.step)
     ae = (trainer.ema if trainer.ema is not None else trainer.model).cpu().eval()
-    held_out = held_out_scenes(size, n_eval, max_objects)
+    held = image_data(data, size, n_eval, split="held_out", **every)
+    held_out = torch.stack([held[i]["image"] for i in range(len(held))])
     ae.fit_scale_factor(held_out)
     value = reconstruction_psnr(ae, held_out)
     if out is not None:
-        ae.save(out, psnr=round(value, 3), steps=trainer.step, image_size=size, crop=crop,
+        ae.save(out, psnr=round(value, 3), steps=trainer.step, data=repr(train_set), image_size=size, crop=crop,
                 whole_image_steps=whole_image_steps, init=str(init) if init is not None else None,
                 seed=train_config.seed, command=_command())
     return ae, value
 
 
 def train_judge(train_config: TrainConfig | None = None, n_images: int = 50_000, device=None,
-                out: str | Path | None = None, n_eval: int = 1000) -> tuple[Judge, float]:
-    """Train the judge of ``tinyldm.metrics`` on one-object 64 px scenes (seed 0) and measure its
-    accuracy (all attributes right) on held-out scenes (seed 1). Returns (judge, accuracy)."""
+                out: str | Path | None = None, n_eval: int = 1000, data: str = "scenes") -> tuple[Judge, float]:
+    """Train the judge of ``tinyldm.metrics`` on one-object 64 px scenes (seed 0; or ``data="faces"``: the face
+    stand-in) and measure its accuracy (all attributes right) on held-out ones (seed 1). Returns (judge, accuracy)."""
+    if data not in ("scenes", "faces"):
+        raise ValueError(f"the judge reads the procedural data's attributes: data must be 'scenes' or 'faces', "
+                         f"got {data!r}")
     train_config = train_config or TrainConfig(steps=3000, batch_size=64, lr=2e-3, warmup_steps=50,
                                                ema_decay=None, grad_clip=None)
-    data = Scenes(size=64, length=n_images, seed=0, max_objects=1)
+    one = dict(max_objects=1, sizes=SIZES, upright=False)  # a scene judge reads any one object
+    train_set = image_data(data, 64, n_images, **one)
     with seeded(train_config.seed):
-        judge = Judge(JudgeConfig())
-    trainer = Trainer(judge, judge_loss, data, train_config, device=device)
+        judge = Judge(JudgeConfig() if data == "scenes" else JudgeConfig.faces())
+    trainer = Trainer(judge, judge_loss, train_set, train_config, device=device)
     trainer.fit()
     judge = trainer.model.cpu().eval()
-    held_out = Scenes(size=64, length=n_eval, seed=1, max_objects=1)
-    items = [held_out[i] for i in range(n_eval)]
-    acc = attribute_accuracy(judge, torch.stack([it["image"] for it in items]),
-                             torch.stack([it["attributes"][0] for it in items]))
+    held_out = image_data(data, 64, n_eval, split="held_out", **one)
+    batch = default_collate([held_out[i] for i in range(n_eval)])
+    acc = attribute_accuracy(judge, batch["image"], judged_attributes(batch))
     if out is not None:
-        judge.save(out, accuracy=acc, steps=trainer.step, seed=train_config.seed, command=_command())
+        judge.save(out, accuracy=acc, steps=trainer.step, data=data, seed=train_config.seed, command=_command())
     return judge, acc["all"]
 
 
@@ -187,7 +203,100 @@ def course_latents(ae: Autoencoder, n: int = 20_000, max_objects: int = 1, size:
     """Cached latents of the first ``n`` training scenes (seed 0), under ``build/latents/``; ``sizes`` and
     ``upright`` as in :class:`tinyldm.data.Scenes` (default: ``COURSE_SCENES``)."""
     scenes = Scenes(size=size, length=n, seed=0, max_objects=max_objects, sizes=sizes, upright=upright)
-    return load_or_encode(ae, scenes, BUILD_DIR / "latents" / f"{_scenes_tag(scenes)}-{fingerprint(ae)}.safetensors")
+    return load_or_encode(ae, scenes, BUILD_DIR / "latents" / f"{_scenes_tag(scenes)}-{fingerprint(ae)}")
+
+
+class Part(Subset):
+    """Some items of a dataset, with a repr that names them: ``what`` says which (the cache key of their latents)."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int], what: str):
+        super().__init__(dataset, list(indices))
+        self.what = what
+
+    def __repr__(self) -> str:
+        return f"{self.dataset!r}[{self.what}]"
+
+
+def _folder_split(folder: ImageFolder, split: str) -> Part:
+    """A folder's training images or its held-out ones: the last tenth in sorted order (of each class subfolder, with
+    labels from folders) is held out; for FFHQ that is its own split (images 60000-69999 validate)."""
+    groups: dict[int, list[int]] = {}
+    for i, path in enumerate(folder.paths):
+        label = folder.classes.index(path.relative_to(folder.root).parts[0]) if folder.labels_from_folders else 0
+        groups.setdefault(label, []).append(i)
+    train, held = [], []
+    for members in groups.values():
+        cut = len(members) - len(members) // 10
+        train += members[:cut]
+        held += members[cut:]
+    if split == "held_out" and not held:
+        raise ValueError(f"{folder.root} has {len(folder)} images, too few to hold a tenth out for evaluation")
+    return Part(folder, sorted(train if split == "train" else held), f"{split} split")
+
+
+def image_data(data: str = "scenes", size: int = 64, n: int | None = 20_000, split: str = "train",
+               max_objects: int = 1, sizes: Sequence[str] = COURSE_SCENES["sizes"],
+               upright: bool = COURSE_SCENES["upright"], caption: str = "", labels_from_folders: bool = False
+               ) -> Dataset:
+    """The images a run learns from (``split="train"``) or is measured on (``"held_out"``), at ``size`` px:
+
+    * ``"scenes"``: the course scenes (seed 0 to train, seed 1 held out; ``max_objects``, ``sizes``, ``upright`` as
+      in :class:`tinyldm.data.Scenes`);
+    * ``"faces"``: the procedural face stand-in (:class:`tinyldm.data.Faces`, seed 0 / seed 1);
+    * a folder of images (FFHQ, CelebA-HQ, yours: :class:`tinyldm.data.ImageFolder`, resized and centre-cropped),
+      whose last tenth is held out; ``caption`` for images without a ``.txt`` beside them, and with
+      ``labels_from_folders`` each image's subfolder is its class.
+
+    ``n``: at most this many images (the first n, or n spread evenly over a folder; None: all of a folder)."""
+    if split not in ("train", "held_out"):
+        raise ValueError(f"split must be 'train' or 'held_out', got {split!r}")
+    seed = 0 if split == "train" else 1
+    if data == "scenes":
+        return Scenes(size=size, length=n or 20_000, seed=seed, max_objects=max_objects, sizes=sizes, upright=upright)
+    if data == "faces":
+        return Faces(size=size, length=n or 20_000, seed=seed)
+    if not Path(data).is_dir():
+        raise ValueError(f"data must be 'scenes', 'faces' or a folder of images, got {data!r} (no such folder)")
+    images = _folder_split(ImageFolder(data, size, caption=caption, labels_from_folders=labels_from_folders), split)
+    if n is None or n >= len(images):
+        return images
+    # n spread evenly over the split, so that every class subfolder (and every part of FFHQ) is in it
+    keep = np.linspace(0, len(images) - 1, n).round().astype(int)
+    return Part(images.dataset, [images.indices[i] for i in keep], f"{n} evenly spaced of the {split} split")
+
+
+def _base(images: Dataset) -> Dataset:
+    """The dataset a (nested) Subset takes its items from."""
+    while isinstance(images, Subset):
+        images = images.dataset
+    return images
+
+
+def num_classes_of(images: Dataset) -> int:
+    """How many class labels a dataset of :func:`image_data` has (24 scenes classes, the face classes, or a folder's
+    subfolders)."""
+    images = _base(images)
+    if isinstance(images, Scenes):
+        return NUM_CLASSES
+    if isinstance(images, Faces):
+        return NUM_FACE_CLASSES
+    if isinstance(images, ImageFolder) and images.labels_from_folders:
+        return len(images.classes)
+    raise ValueError(f"{images!r} has no class labels (a folder needs labels_from_folders=True: one subfolder per "
+                     f"class)")
+
+
+def cached_latents(ae: Autoencoder, images: Dataset, flip: bool = False, progress: bool = True) -> LatentDataset:
+    """The latents of ``images`` (from :func:`image_data`) encoded once by ``ae`` and cached under
+    ``build/latents/`` (a folder per dataset and autoencoder; an interrupted encoding resumes). Folders of real images
+    are kept in float16 (FFHQ at 512 px: 2.3 GB), the procedural data in float32."""
+    base = _base(images)
+    tag = f"{type(base).__name__.lower()}-{hashlib.sha256(repr(images).encode()).hexdigest()[:12]}"
+    real = not isinstance(base, (Scenes, Faces))
+    return load_or_encode(ae, images, BUILD_DIR / "latents" / f"{tag}{'-flip' if flip else ''}-{fingerprint(ae)}",
+                          flip=flip,
+                          dtype=torch.float16 if real else torch.float32, progress=progress,
+                          num_workers=2 if real else 0)
 
 
 def course_database(encoder: ImageEncoder, n: int = COURSE_DATABASE["n"], seed: int = COURSE_DATABASE["seed"],
@@ -265,6 +374,35 @@ class SampleGrids:
         plt.imsave(self.folder / f"step_{step:07d}.png", image_grid(images, nrow=int(len(images) ** 0.5)))
 
 
+class FSDCurve:
+    """Trainer callback: every ``every`` steps, the FSD of ``n`` samples of the EMA model (DDIM, ``steps`` steps,
+    fixed noise) to ``reference`` images ``[m, 3, H, W]`` (their size is the samples' size), in ``judge``'s feature
+    space. ``curve`` holds (step, FSD) pairs: how fast a run gets good, in the measure that counts. With ``log`` (a
+    .jsonl file) every point is also appended there, so the curve of a resumed run is whole."""
+
+    def __init__(self, ae: Autoencoder, judge: Judge, reference: torch.Tensor, every: int, n: int = 256,
+                 steps: int = 20, seed: int = 1, log: str | Path | None = None):
+        self.ae, self.judge, self.reference, self.every = ae, judge, reference, every
+        self.n, self.steps, self.seed, self.curve = n, steps, seed, []
+        self.log = Path(log) if log is not None else None
+
+    def measure(self, model: UNet, step: int, device=None) -> float:
+        size = self.reference.shape[-1]
+        images = generate(model.eval(), self.ae, n=self.n, sampler=DDIM(model.schedule, steps=self.steps),
+                          seed=self.seed, latent_shape=self.ae.latent_shape((1, 3, size, size))[1:], device=device)
+        value = fsd(self.judge, images, self.reference)
+        self.curve.append((step, value))
+        if self.log is not None:
+            self.log.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log, "a") as f:
+                f.write(json.dumps({"step": step, "fsd": round(value, 4), "n": self.n}) + "\n")
+        return value
+
+    def __call__(self, trainer: Trainer, step: int) -> None:
+        if step % self.every == 0:
+            self.measure(trainer.ema or trainer.model, step, trainer.device)
+
+
 @torch.no_grad()
 def sample_test(model: UNet, ae: Autoencoder, judge: Judge, text_encoder: SceneCLIP | None = None,
                 per_class: int = 10, s: float = 3.0, steps: int = 20, seed: int = 1, device=None,
@@ -309,6 +447,39 @@ def sample_test(model: UNet, ae: Autoencoder, judge: Judge, text_encoder: SceneC
     return result
 
 
+@torch.no_grad()
+def face_test(model: UNet, ae: Autoencoder, judge: Judge, n: int = 256, image_size: int | None = None,
+              s: float = 3.0, steps: int = 20, seed: int = 1, device=None, reference: torch.Tensor | None = None
+              ) -> dict:
+    """The test of a UNet trained on the face stand-in: ``n`` samples (DDIM with ``steps``; a class model guided
+    with scale ``s``, labels cycling through the classes) at ``image_size`` px (default: the size it was trained
+    at), and their Frechet distance in the face judge's feature space (FSD) to ``n`` held-out faces (seed 1) of that
+    size (or to ``reference`` images). Class models also get the judge's reading of the asked attributes.
+    Returns ``{"n", "image_size", "fsd"}`` (+ ``"class"``: shares right)."""
+    size = image_size or getattr(model, "info", {}).get("image_size", 64)
+    if reference is None:
+        held = Faces(size=size, length=n, seed=1)
+        reference = torch.stack([held[i]["image"] for i in range(n)])
+    shape = ae.latent_shape((1, 3, size, size))[1:]
+    sampler, result = DDIM(model.schedule, steps=steps), {"n": n, "image_size": size}
+    if model.config.num_classes is not None:
+        condition = LabelCondition(model.config.num_classes)
+        labels = torch.arange(n) % model.config.num_classes
+        images = generate(model, ae, condition.given(labels), condition.null(n), s=s, sampler=sampler, seed=seed,
+                          latent_shape=shape, device=device)
+        # a face class is (hair colour, mouth): label = hair_color * len(mouths) + mouth
+        hair, mouth = labels.div(len(FACE_ATTRIBUTES["mouth"]), rounding_mode="floor"), labels % len(
+            FACE_ATTRIBUTES["mouth"])
+        wanted = torch.full((n, len(judge.config.names)), -1, dtype=torch.long)
+        wanted[:, judge.config.names.index("hair_color")] = hair
+        wanted[:, judge.config.names.index("mouth")] = mouth
+        result["class"] = attribute_accuracy(judge, images, wanted)
+    else:
+        images = generate(model, ae, n=n, sampler=sampler, seed=seed, latent_shape=shape, device=device)
+    result["fsd"] = fsd(judge, images, reference)
+    return result
+
+
 def without_labels(dataset: LatentDataset | WithNeighbours, labels: Sequence[int]) -> Dataset:
     """The items of ``dataset`` whose class label is not in ``labels`` (to hold combinations out of training)."""
     keep = ~torch.isin(dataset.labels, torch.as_tensor(list(labels), dtype=torch.long))
@@ -320,7 +491,24 @@ def _check_condition(condition: str) -> None:
         raise ValueError(f"expected condition one of {', '.join(map(repr, CONDITIONS))}, got {condition!r}")
 
 
-def unet_needs(condition: str, latent_channels: int, schedule: ScheduleConfig, context_dim: int | None = None) -> dict:
+def freeze_parameters(model: torch.nn.Module, prefixes: Sequence[str]) -> list[str]:
+    """Keep the parameters whose names start with one of ``prefixes`` (e.g. ``("down", "mid")``) fixed in training
+    (``requires_grad=False``; the Trainer's optimizer skips them). Returns the prefixes; an unknown one is an error."""
+    names = [name for name, _ in model.named_parameters()]
+    for prefix in prefixes:
+        hit = [n for n in names if n == prefix or n.startswith(prefix + ".")]
+        if not hit:
+            tops = sorted({n.split(".")[0] for n in names})
+            raise ValueError(f"freeze: no parameters named {prefix!r}; the model's parts are {', '.join(tops)} "
+                             f"(or deeper names such as {names[0]!r})")
+        for name, p in model.named_parameters():
+            if name in hit:
+                p.requires_grad_(False)
+    return list(prefixes)
+
+
+def unet_needs(condition: str, latent_channels: int, schedule: ScheduleConfig, context_dim: int | None = None,
+               num_classes: int | None = None) -> dict:
     """The UNetConfig fields that a diffusion run fixes, whatever the preset: the latent channels, the noise schedule
     (with the eps skip) and what the condition needs, and that it needs nothing else. A preset's own cross-attention
     width (sd_v1's 768 for CLIP) is dropped for an unconditional or class-conditional run, and a class table exists
@@ -331,7 +519,8 @@ def unet_needs(condition: str, latent_channels: int, schedule: ScheduleConfig, c
                          f"with condition 'text' or 'retrieval' only; got condition {condition!r} and "
                          f"context_dim={context_dim!r}")
     return {"in_channels": latent_channels, "out_channels": latent_channels, "schedule": schedule.to_dict(),
-            "eps_skip": True, "num_classes": NUM_CLASSES if condition == "class" else None, "context_dim": context_dim}
+            "eps_skip": True, "num_classes": (num_classes or NUM_CLASSES) if condition == "class" else None,
+            "context_dim": context_dim}
 
 
 def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_000, max_objects: int = 1,
@@ -343,7 +532,9 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
                     sizes: Sequence[str] = COURSE_SCENES["sizes"],
                     upright: bool = COURSE_SCENES["upright"], image_encoder: ImageEncoder | None = None,
                     k: int = 4, database: Database | None = None, exclude_self: bool = False,
-                    max_similarity: float | None = None) -> tuple[UNet, Trainer]:
+                    max_similarity: float | None = None, data: str = "scenes", image_size: int = 64,
+                    flip: bool = False, caption: str = "", freeze: Sequence[str] = (),
+                    callbacks: Sequence = (), gradient_checkpointing: bool = False) -> tuple[UNet, Trainer]:
     """Train an eps-prediction UNet (Algorithm 1) on cached latents of ``ae``.
 
     ``condition``: "none" (unconditional, ``model(x_t, t)``), "class" (class labels y, with a null label) or
@@ -361,27 +552,62 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
     the training scenes themselves needs ``exclude_self=True`` (and ``max_similarity`` for near duplicates), or the
     model learns to copy its first neighbour.
 
+    Other data (``data``): "faces" (the face stand-in) or a folder of images, at ``image_size`` px (``n_images`` of
+    them at most; ``flip`` adds mirrored copies; ``caption`` for a folder's images without a caption file), with
+    condition "none", "class" (the faces' classes, or a folder's subfolders) or "text" (their captions).
+
+    Finetuning: ``init`` a UNet trained on other data or at another image size (the UNet is convolutional: the same
+    weights run at any size that is a multiple of its downsampling), usually with a lower lr, a warm-up and EMA;
+    ``freeze`` names parts that keep their weights (prefixes of parameter names, such as ``"down"``, ``"mid"`` or
+    ``"time_embed"``). ``schedule`` defaults to the ``init`` model's own. ``gradient_checkpointing`` keeps only each
+    block's input for the backward pass and recomputes the rest (about a third more compute, far less activation
+    memory: what Stable Diffusion's UNet needs to train at 512 px on one GPU).
+
     Returns (the EMA model on the CPU, the trainer); with ``out`` also saves the EMA model there, together with the
     fingerprints of the autoencoder whose latents it learned (and of the text encoder), checked when it is loaded.
     """
     _check_condition(condition)
     train_config = train_config or TrainConfig(steps=8000, batch_size=64, lr=1e-3, warmup_steps=200,
                                                ema_decay=0.999)
-    schedule = NoiseSchedule(schedule or ScheduleConfig.ddpm())
-    latents = course_latents(ae, n_images, max_objects, sizes=sizes, upright=upright)
-    data, shape = latents, tuple(latents.latents.shape[1:])
-    n_grid, condition_, cond, null, context_dim, facts = 16, None, None, None, None, {}
+    unet, facts = None, {}
+    if init is not None:
+        # a finetune may move a model into another autoencoder's latent space (a new domain needs its own
+        # autoencoder, notebook 09): allowed, and said
+        unet = UNet.load(init, autoencoder=ae, allow_other_autoencoder=True)
+        if unet.info.get("autoencoder") not in (None, fingerprint(ae)):
+            print(f"finetuning {init}, trained in the latents of autoencoder {unet.info['autoencoder']}, in the latents "
+                  f"of autoencoder {fingerprint(ae)}")
+            facts["init_autoencoder"] = unet.info["autoencoder"]
+        unet.info = {**unet.info, "autoencoder": fingerprint(ae)}  # from here on it works in ae's latents
+    schedule = NoiseSchedule(schedule or (ScheduleConfig(**unet.config.schedule) if unet is not None
+                                          else ScheduleConfig.ddpm()))
+    if data == "scenes" and image_size == 64 and not flip:
+        latents = course_latents(ae, n_images, max_objects, sizes=sizes, upright=upright)
+        images = latents  # the scenes' labels, captions and attributes are cached with their latents
+    else:
+        if condition == "retrieval":
+            raise ValueError("condition='retrieval' uses the course database of 64 px scenes: data must be 'scenes' "
+                             f"at image_size 64, got data={data!r}, image_size={image_size}")
+        images = image_data(data, image_size, n_images, max_objects=max_objects, sizes=sizes, upright=upright,
+                            caption=caption, labels_from_folders=condition == "class")
+        latents = cached_latents(ae, images, flip=flip)
+    train_set, shape = latents, tuple(latents.shape)
+    n_grid, condition_, cond, null, context_dim = 16, None, None, None, None
+    num_classes = None
     if condition == "class":
-        condition_ = LabelCondition(NUM_CLASSES, p_uncond)
-        cond, null = condition_.given(torch.arange(n_grid) % NUM_CLASSES), condition_.null(n_grid)
+        num_classes = NUM_CLASSES if images is latents else num_classes_of(images)
+        condition_ = LabelCondition(num_classes, p_uncond)
+        cond, null = condition_.given(torch.arange(n_grid) % num_classes), condition_.null(n_grid)
     elif condition == "text":
         if text_encoder is None:
             raise ValueError("condition='text' needs a text_encoder (see tinyldm.text)")
         text_encoder.to(torch.device(device) if device is not None else default_device())  # where the UNet trains
-        condition_ = TextCondition(text_encoder, p_uncond)
-        prompts = [f"a {class_name(c % NUM_CLASSES)}" for c in range(n_grid)]
+        # CLIP's hidden states go in unmasked, as Stable Diffusion was trained on them (padding states included)
+        condition_ = TextCondition(text_encoder, p_uncond, use_mask=not isinstance(text_encoder, CLIPTextEncoder))
+        prompts = ([f"a {class_name(c % NUM_CLASSES)}" for c in range(n_grid)] if data == "scenes"
+                   else [latents.captions[i % latents.n] for i in range(n_grid)])
         cond, null = condition_.given(prompts), condition_.null(n_grid)
-        context_dim, facts = text_encoder.dim, {"text_encoder": fingerprint(text_encoder)}
+        context_dim, facts["text_encoder"] = text_encoder.dim, fingerprint(text_encoder)
     elif condition == "retrieval":
         if image_encoder is None:
             raise ValueError("condition='retrieval' needs an image_encoder (see tinyldm.retrieval)")
@@ -389,29 +615,35 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
         scenes = Scenes(size=64, length=n_images, seed=0, max_objects=max_objects, sizes=sizes, upright=upright)
         # RDM caches 20 neighbours and keeps the first k (fewer when the database is that small)
         rows = course_neighbours(image_encoder, scenes, db, max(k, min(20, len(db))), exclude_self, max_similarity)
-        data = WithNeighbours(latents, db, rows)
+        train_set = WithNeighbours(latents, db, rows)
         condition_ = RetrievalCondition(db.dim, k, p_uncond)
         cond = condition_.given(retrieval_queries(image_encoder, db, torch.arange(n_grid) % NUM_CLASSES, k))
         null, context_dim = condition_.null(n_grid), db.dim
-        facts = {"image_encoder": image_encoder.fingerprint, "k": k, "exclude_self": exclude_self,
-                 "max_similarity": max_similarity,
-                 "database": {"n": len(db), "dim": db.dim, "fingerprint": db.fingerprint,
-                              "dataset": db.info.get("dataset"), "course": database is None}}
+        facts.update(image_encoder=image_encoder.fingerprint, k=k, exclude_self=exclude_self,
+                     max_similarity=max_similarity,
+                     database={"n": len(db), "dim": db.dim, "fingerprint": db.fingerprint,
+                               "dataset": db.info.get("dataset"), "course": database is None})
     if hold_out:
-        data = without_labels(data, hold_out)
-    needs = unet_needs(condition, shape[0], schedule.config, context_dim)
-    if init is not None:
-        unet = UNet.load(init, autoencoder=ae)
+        train_set = without_labels(train_set, hold_out)
+    needs = unet_needs(condition, shape[0], schedule.config, context_dim, num_classes)
+    if unet is not None:
         for name, value in needs.items():
-            if getattr(unet.config, name) != value:
+            # the eps skip is how a model is parametrised, not what the run needs: a finetune keeps the init's
+            if name != "eps_skip" and getattr(unet.config, name) != value:
                 raise ValueError(f"{init} does not fit this run: {name} is {getattr(unet.config, name)!r} there, "
                                  f"this run needs {value!r}")
     else:
         with seeded(train_config.seed):
             unet = UNet(UNetConfig.preset(preset, **needs))  # every preset, told what this run needs
-    callbacks = [SampleGrids(ae, schedule, Path(run_dir) / "samples", sample_every, shape, n_grid, cond=cond,
-                             null=null)] if sample_every and run_dir is not None else []
-    trainer = Trainer(unet, EpsLoss(schedule, condition=condition_, snr_gamma=snr_gamma), data, train_config,
+    if shape[1] % unet.config.downsample or shape[2] % unet.config.downsample:
+        raise ValueError(f"latents {list(shape)} do not fit the UNet, whose height and width must be multiples of "
+                         f"{unet.config.downsample}: choose image_size a multiple of "
+                         f"{unet.config.downsample * ae.f}")
+    frozen = freeze_parameters(unet, freeze)
+    unet.gradient_checkpointing = gradient_checkpointing  # recompute activations in the backward pass: less memory
+    callbacks = list(callbacks) + ([SampleGrids(ae, schedule, Path(run_dir) / "samples", sample_every, shape, n_grid,
+                                                cond=cond, null=null)] if sample_every and run_dir is not None else [])
+    trainer = Trainer(unet, EpsLoss(schedule, condition=condition_, snr_gamma=snr_gamma), train_set, train_config,
                       out_dir=run_dir, resume=resume, device=device, callbacks=callbacks)
     if trainer.step:
         print(f"resuming {run_dir} at step {trainer.step}")
@@ -419,7 +651,8 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
     model = (trainer.ema if trainer.ema is not None else trainer.model).cpu().eval()
     # what a loaded file's model.info holds; set here too, so a model used straight away has the same facts
     model.info = dict(autoencoder=fingerprint(ae), steps=trainer.step, data=repr(latents),
-                      scenes=latents.info["dataset"], condition=condition,
+                      scenes=latents.info["dataset"], source=data, image_size=image_size, flip=flip, frozen=frozen,
+                      condition=condition,
                       p_uncond=p_uncond, hold_out=list(hold_out), snr_gamma=snr_gamma,
                       init=str(init) if init is not None else None, **facts,
                       final_loss=sum(h["loss"] for h in trainer.history[-100:]) / max(1, len(trainer.history[-100:])),

@@ -85,6 +85,11 @@ class ScheduleConfig:
         """Improved DDPM's cosine schedule (offset s, betas clipped at 0.999)."""
         return cls(BetaSchedule.COSINE, T=T, cosine_s=s)
 
+    @classmethod
+    def preset(cls, kind: BetaSchedule | str) -> ScheduleConfig:
+        """The preset of a kind: "linear" (DDPM), "scaled_linear" (Stable Diffusion) or "cosine"."""
+        return _PRESETS[cls(kind=kind).kind]()
+
     def to_dict(self) -> dict:
         """Plain JSON-able fields (``kind`` as its string); ``ScheduleConfig(**d)`` rebuilds it."""
         return {**dataclasses.asdict(self), "kind": self.kind.value}
@@ -174,8 +179,7 @@ class NoiseSchedule:
     def from_kind(cls, kind: BetaSchedule | str = "linear", **overrides) -> NoiseSchedule:
         """The preset for ``kind`` ("linear" = DDPM, "scaled_linear" = Stable Diffusion,
         "cosine"), with fields replaced by ``overrides`` (e.g. ``T=100``)."""
-        kind = ScheduleConfig(kind=kind).kind  # validates the string
-        return cls(dataclasses.replace(_PRESETS[kind](), **overrides))
+        return cls(dataclasses.replace(ScheduleConfig.preset(kind), **overrides))
 
     @property
     def kind(self) -> BetaSchedule:

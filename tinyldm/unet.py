@@ -25,7 +25,8 @@ conv are zero, so each block starts as its skip connection and the untrained mod
 A zero start is the common and stable choice (ADM, LDM): the first loss is E[eps^2] = 1 whatever the inputs.
 
 Time convention: t as in :mod:`tinyldm.schedule` (an integer 0..T, the paper's steps are 1..T); a float t is
-accepted (continuous-time samplers), the embedding does not care.
+accepted (continuous-time samplers), the embedding does not care. The embedding sees t - ``timestep_offset``
+(0 for the course models; 1 for Stable Diffusion's weights, trained on diffusers' k = t - 1).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .layers import group_norm  # one rule for GroupNorm groups in every network: gcd(groups, channels)
 from .checkpoint import SavableModel, check_partner
@@ -84,6 +86,12 @@ class UNetConfig:
     schedule: dict = dataclasses.field(default_factory=lambda: ScheduleConfig.ddpm().to_dict())
     # eps skip (see UNet.forward): eps_theta = sqrt(1 - alpha_bar_t) x_t + F, with alpha_bar from ``schedule``
     eps_skip: bool = False
+    # Two conventions of Stable Diffusion's weights (``sd_v1()``; :mod:`tinyldm.convert` loads them), which the
+    # course models do not share. norm_eps: the eps of the res blocks' and the output's GroupNorms (SD: 1e-5; the
+    # transformer blocks' GroupNorm keeps 1e-6 in both). timestep_offset: the time embedding sees t -
+    # timestep_offset; SD was trained on diffusers' timestep k = t - 1 (see tinyldm.schedule), so it needs 1.
+    norm_eps: float = 1e-6
+    timestep_offset: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
@@ -113,6 +121,11 @@ class UNetConfig:
                              f"from, got attention_levels=()")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if isinstance(self.norm_eps, bool) or not isinstance(self.norm_eps, (int, float)) or not self.norm_eps > 0:
+            raise ValueError(f"norm_eps must be a number > 0, got {self.norm_eps!r}")
+        if isinstance(self.timestep_offset, bool) or not isinstance(self.timestep_offset, int) or \
+                self.timestep_offset < 0:
+            raise ValueError(f"timestep_offset must be an int >= 0, got {self.timestep_offset!r}")
         for level in self.attention_levels:
             width = self.width(level)
             if width % self.heads(width):
@@ -171,10 +184,17 @@ class UNetConfig:
     @classmethod
     def sd_v1(cls, **overrides) -> "UNetConfig":
         """Stable Diffusion v1's UNet: widths 320/640/1280/1280, 8 heads everywhere, CLIP ViT-L/14 context
-        ``[b, 77, 768]``; ~860M parameters. Runs on latents ``[b, 4, 64, 64]`` (512 px images at f = 8)."""
+        ``[b, 77, 768]``; ~860M parameters. Runs on latents ``[b, 4, 64, 64]`` (512 px images at f = 8).
+
+        With SD's conventions, so that SD v1.x weights compute here exactly what they compute in diffusers
+        (:func:`tinyldm.convert.load_unet` returns this config): its noise schedule (scaled linear, beta
+        0.00085..0.012), GroupNorm eps 1e-5 in the res blocks (``norm_eps``), and the time embedding of t - 1
+        (``timestep_offset = 1``: SD learned diffusers' timestep k = t - 1). The inpainting model is
+        ``sd_v1(in_channels=9)``."""
         return cls(**{"base_channels": 320, "channel_mult": (1, 2, 4, 4), "num_res_blocks": 2,
                       "attention_levels": (0, 1, 2), "num_heads": 8, "context_dim": 768, "norm_groups": 32,
-                      "scale_shift": False, "schedule": ScheduleConfig.stable_diffusion().to_dict(), **overrides})
+                      "scale_shift": False, "schedule": ScheduleConfig.stable_diffusion().to_dict(),
+                      "norm_eps": 1e-5, "timestep_offset": 1, **overrides})
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "UNetConfig":
@@ -224,12 +244,13 @@ class ResBlock(nn.Module):
       a group's channels, so it needs many channels per group (SD v1 has 10 to 40).
     """
 
-    def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int, dropout: float, scale_shift: bool = False):
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int, dropout: float, scale_shift: bool = False,
+                 eps: float = 1e-6):
         super().__init__()
         self.scale_shift = scale_shift
-        self.norm1, self.conv1 = group_norm(c_in, groups), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.norm1, self.conv1 = group_norm(c_in, groups, eps), nn.Conv2d(c_in, c_out, 3, padding=1)
         self.emb_proj = nn.Linear(emb_dim, 2 * c_out if scale_shift else c_out)
-        self.norm2, self.dropout = group_norm(c_out, groups), nn.Dropout(dropout)
+        self.norm2, self.dropout = group_norm(c_out, groups, eps), nn.Dropout(dropout)
         self.conv2 = _zero(nn.Conv2d(c_out, c_out, 3, padding=1))  # the block starts as its skip connection
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
@@ -362,7 +383,7 @@ class UNet(SavableModel, nn.Module):
         g, attn, emb_dim = cfg.norm_groups, set(cfg.attention_levels), cfg.time_embed_mult * cfg.base_channels
 
         def res(c_in, c_out):
-            return ResBlock(c_in, c_out, emb_dim, g, cfg.dropout, cfg.scale_shift)
+            return ResBlock(c_in, c_out, emb_dim, g, cfg.dropout, cfg.scale_shift, cfg.norm_eps)
 
         def transformer(c):
             return SpatialTransformer(c, cfg.heads(c), cfg.context_dim, g)
@@ -398,7 +419,11 @@ class UNet(SavableModel, nn.Module):
                 up.append(Block(layers))
         self.up = nn.ModuleList(up)
         # zero conv: the untrained model predicts eps = 0 exactly, a stable start (loss E[eps^2] = 1)
-        self.out = nn.Sequential(group_norm(c, g), nn.SiLU(), _zero(nn.Conv2d(c, cfg.out_channels, 3, padding=1)))
+        self.out = nn.Sequential(group_norm(c, g, cfg.norm_eps), nn.SiLU(),
+                                 _zero(nn.Conv2d(c, cfg.out_channels, 3, padding=1)))
+        # gradient checkpointing (training only): recompute each block's activations in the backward pass instead of
+        # keeping them, for about a third more compute; what SD's UNet needs to train at 512 px on one GPU
+        self.gradient_checkpointing = False
         if cfg.eps_skip:
             self.register_buffer("eps_skip", self.schedule.sqrt_one_minus_alpha_bar.clone(), persistent=False)  # [T+1]
         else:
@@ -440,17 +465,19 @@ class UNet(SavableModel, nn.Module):
         True = attend, at least one True per row.
         """
         t, y = self._check_inputs(x_t, t, y, context, context_mask)
-        emb = self.time_embed(timestep_embedding(t, self.config.base_channels).to(self.time_embed[0].weight.dtype))
+        # timestep_offset: SD's weights learned the embedding of diffusers' k = t - 1 (UNetConfig.timestep_offset)
+        emb = timestep_embedding(t - self.config.timestep_offset, self.config.base_channels)
+        emb = self.time_embed(emb.to(self.time_embed[0].weight.dtype))
         if self.label_embed is not None:
             emb = emb + self.label_embed(y)  # the class enters exactly like t: one vector added to emb
         h = self.conv_in(x_t)
         skips = [h]
         for block in self.down:
-            h = block(h, emb, context, context_mask)
+            h = self._run(block, h, emb, context, context_mask)
             skips.append(h)
-        h = self.mid(h, emb, context, context_mask)
+        h = self._run(self.mid, h, emb, context, context_mask)
         for block in self.up:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
+            h = self._run(block, torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
         eps = self.out(h)
         if self.eps_skip is not None:
             # eps_theta = sqrt(1 - alpha_bar_t) x_t + F(x_t, t). The first term is the exact eps-prediction for
@@ -461,6 +488,12 @@ class UNet(SavableModel, nn.Module):
             # samples with std 10 after 3000 steps). A "skip" preconditioning in the sense of EDM (Karras 2022).
             eps = eps + self.eps_skip[t.round().long()].view(-1, 1, 1, 1).to(eps.dtype) * x_t[:, :eps.shape[1]]
         return eps
+
+    def _run(self, block: Block, h, emb, context, context_mask) -> torch.Tensor:
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            # keep only the block's input; its activations are recomputed in the backward pass
+            return checkpoint(block, h, emb, context, context_mask, use_reentrant=False)
+        return block(h, emb, context, context_mask)
 
     def _check_inputs(self, x_t, t, y, context, context_mask) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Raise ValueError naming expected and actual for bad inputs; return t ``[b]`` and y ``[b]`` (or None)."""

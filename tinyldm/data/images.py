@@ -95,14 +95,23 @@ class ImageFolder(Dataset):
     """Every image under ``root`` (recursively, sorted by path; files and folders
     starting with "." are skipped), resized and centre-cropped to ``size x size``.
 
-    Items: {"image": float32 [3, size, size] in [-1, 1], "label": 0, "caption": "",
-    "path": str}. Label 0 and the empty caption make it batch like ``Scenes`` for
-    unconditional training. ``size`` must be a multiple of 8 in [8, 2048].
+    Items: {"image": float32 [3, size, size] in [-1, 1], "label": int, "caption": str,
+    "path": str}. ``size`` must be a multiple of 8 in [8, 2048].
+
+    * caption: the text of ``name.txt`` beside ``name.jpg`` when there is one (the usual
+      layout of finetuning sets), else ``caption`` (default "").
+    * label: 0, or with ``labels_from_folders=True`` the index of the image's first-level
+      subfolder among the sorted subfolder names (``classes``), as torchvision's ImageFolder.
+
+    Label 0 and the empty caption make a plain folder batch like ``Scenes`` for
+    unconditional training.
     """
 
     def __init__(self, root: str | Path, size: int,
-                 extensions: Sequence[str] = IMAGE_EXTENSIONS):
+                 extensions: Sequence[str] = IMAGE_EXTENSIONS, caption: str = "",
+                 labels_from_folders: bool = False):
         self.size = _check_image_size(size)
+        self.default_caption, self.labels_from_folders = caption, labels_from_folders
         if isinstance(extensions, str):
             extensions = (extensions,)
         self.extensions = tuple("." + e.lower().lstrip(".") for e in extensions)
@@ -122,6 +131,16 @@ class ImageFolder(Dataset):
         if not self.paths:
             raise DataError(f"no images with extensions {', '.join(self.extensions)} "
                             f"found under {self.root}")
+        self.classes: list[str] = []
+        if labels_from_folders:
+            self.classes = sorted({p.relative_to(self.root).parts[0] for p in self.paths
+                                   if len(p.relative_to(self.root).parts) > 1})
+            loose = [p for p in self.paths if len(p.relative_to(self.root).parts) == 1]
+            if not self.classes or loose:
+                raise DataError(f"labels_from_folders=True expects every image in a subfolder of {self.root} "
+                                f"named by its class, got {len(loose)} images directly in it"
+                                + (f" (e.g. {loose[0].name})" if loose else "") + f" and {len(self.classes)} "
+                                f"subfolders")
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -134,7 +153,17 @@ class ImageFolder(Dataset):
                 tensor = prepare_image(image, self.size)
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise DataError(f"cannot read image file {path}: {e}") from e
-        return {"image": tensor, "label": 0, "caption": "", "path": str(path)}
+        sidecar = path.with_suffix(".txt")
+        caption = sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else self.default_caption
+        label = self.classes.index(path.relative_to(self.root).parts[0]) if self.labels_from_folders else 0
+        return {"image": tensor, "label": label, "caption": caption, "path": str(path)}
+
+    def __repr__(self) -> str:
+        # the cache key of its latents: the files (count, first and last) and how they are read
+        first, last = (p.relative_to(self.root) for p in (self.paths[0], self.paths[-1]))
+        return (f"ImageFolder({str(self.root)!r}, size={self.size}, n={len(self)}, first={str(first)!r}, "
+                f"last={str(last)!r}, caption={self.default_caption!r}, "
+                f"labels_from_folders={self.labels_from_folders})")
 
 
 class TorchvisionImages(Dataset):
