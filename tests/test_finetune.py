@@ -133,3 +133,23 @@ def test_fsd_every_logs_a_curve_that_survives_a_resume(build):
     curve = [json.loads(line) for line in (build / "run" / "fsd.jsonl").read_text().splitlines()]
     assert [c["step"] for c in curve] == [1, 2] and all(c["fsd"] >= 0 and c["n"] == 256 for c in curve)
     assert main(args[:2] + [str(build)] + args[3:] + ["--steps", "1"]) == 2  # a folder has no judge
+
+
+def test_evaluate_reads_a_face_model_with_the_face_judge(build, capsys):
+    from tinyldm.metrics import Judge, JudgeConfig
+
+    save_tiny_ae(build / "ae.safetensors")
+    Judge(JudgeConfig.faces(widths=(4, 8, 8, 8), feature_dim=8)).save(build / "judge.safetensors")
+    for condition in ("none", "class"):
+        out = build / f"{condition}.safetensors"
+        assert main(["train-diffusion", "--data", "faces", "--image-size", "32", "--preset", "tiny", "--condition",
+                     condition, "--autoencoder", str(build / "ae.safetensors"), "--steps", "1", "--batch-size", "2",
+                     "--n-images", "4", "--sample-every", "0", "--run-dir", str(build / condition), "--out",
+                     str(out)]) == 0
+        capsys.readouterr()
+        assert main(["evaluate", str(out), "--autoencoder", str(build / "ae.safetensors"), "--judge",
+                     str(build / "judge.safetensors"), "--n", "15", "--steps", "1", "--image-size", "64"]) == 0
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert result["n"] == 15 and result["image_size"] == 64 and result["fsd"] >= 0
+        # a class model is also read: the asked hair colour and mouth, 15 classes (one sample each)
+        assert ("class" in result) == (condition == "class")

@@ -1,3 +1,5 @@
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -40,6 +42,9 @@ def test_items_are_memory_mapped_not_loaded(tmp_path):
     assert cached._all is None  # indexing items never reads the whole cache
     cached[2]
     assert cached._all is None
+    copy = pickle.loads(pickle.dumps(cached))  # as a spawned DataLoader worker gets it: the maps reopened
+    assert all(isinstance(m, np.memmap) for m in copy._maps) and len(pickle.dumps(cached)) < 10_000
+    torch.testing.assert_close(copy[3]["latent"], cached[3]["latent"])
 
 
 def test_float16_cache_halves_the_disk(tmp_path):

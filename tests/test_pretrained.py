@@ -3,14 +3,16 @@ they should, and the whole default course path makes no network attempt."""
 import pytest
 import torch
 
+from tinyldm.autoencoder import reconstruction_psnr
 from tinyldm.conditioning import LabelCondition, TextCondition
-from tinyldm.data import NUM_CLASSES, class_name
+from tinyldm.data import NUM_CLASSES, Faces, class_name
 from tinyldm.metrics import attribute_accuracy, class_attributes, fsd
 from tinyldm.pipeline import generate
-from tinyldm.pretrained import (COURSE_AUTOENCODER, COURSE_CLASS_UNET, COURSE_JUDGE, COURSE_RETRIEVAL_UNET,
-                                COURSE_TEXT_ENCODER, COURSE_TEXT_UNET, COURSE_UNET, course_autoencoder,
-                                course_class_unet, course_judge, course_retrieval_unet, course_text_encoder,
-                                course_text_unet, course_unet)
+from tinyldm.pretrained import (COURSE_AUTOENCODER, COURSE_CLASS_UNET, COURSE_FACE_AUTOENCODER, COURSE_FACE_JUDGE,
+                                COURSE_FACE_UNET, COURSE_JUDGE, COURSE_RETRIEVAL_UNET, COURSE_TEXT_ENCODER,
+                                COURSE_TEXT_UNET, COURSE_UNET, course_autoencoder, course_class_unet,
+                                course_face_autoencoder, course_face_judge, course_face_unet, course_judge,
+                                course_retrieval_unet, course_text_encoder, course_text_unet, course_unet)
 from tinyldm.recipes import course_database, course_scenes, retrieval_queries
 from tinyldm.retrieval import RetrievalCondition, SceneImageEncoder
 from tinyldm.sample import DDIM
@@ -100,3 +102,23 @@ def test_the_clip_path_says_what_to_download_without_reaching_the_network(monkey
         with pytest.raises(TextEncoderNotFound, match="never downloads"):
             CLIPTextEncoder.from_pretrained()
     assert attempts == []
+
+
+FACE_FILES = [COURSE_FACE_AUTOENCODER, COURSE_FACE_JUDGE, COURSE_FACE_UNET]
+
+
+@pytest.mark.skipif(not all(p.exists() for p in FACE_FILES), reason="made by the commands in data/README.md")
+def test_the_face_models_reconstruct_judge_and_draw_faces():
+    with no_network():
+        ae, judge = course_face_autoencoder(), course_face_judge()
+        unet = course_face_unet(ae)
+    held = Faces(size=64, length=64, seed=1)
+    x = torch.stack([held[i]["image"] for i in range(64)])
+    # the face autoencoder reconstructs faces far better than the scenes' one does
+    assert reconstruction_psnr(ae, x) > reconstruction_psnr(course_autoencoder(), x) + 5
+    truth = torch.stack([held[i]["attributes"] for i in range(64)])
+    assert attribute_accuracy(judge, x, truth)["all"] >= 0.5  # nine attributes at once, chance far below 1%
+    # samples are nearer to faces than noise decoded by the same autoencoder is (FSD in the judge's features)
+    samples = generate(unet, ae, n=64, seed=0)
+    noise = ae.from_latent(torch.randn(64, 4, 16, 16, generator=torch.Generator().manual_seed(0)))
+    assert fsd(judge, samples, x) < 0.5 * fsd(judge, noise, x)

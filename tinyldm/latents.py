@@ -101,15 +101,13 @@ class LatentDataset(Dataset):
         if index.get("format") != FORMAT or index.get("kind") != KIND:
             raise CheckpointError(f"{index_file} is not the index of a tinyldm latent cache")
         self.info, self.flip = index["info"], bool(index["flip"])
-        self._maps, self._mapped_flips, labels, attributes, self.captions = [], [], [], [], []
         from safetensors.torch import load_file
 
-        for shard in index["shards"]:
-            file = self.path / f"{shard}.safetensors"
-            tensors = load_file(str(file), device="cpu")  # labels, attributes: small; latents: mapped below
-            self._maps.append(_mapped(file, "latents"))
-            if self.flip:
-                self._mapped_flips.append(_mapped(file, "flipped"))
+        self._files = [self.path / f"{shard}.safetensors" for shard in index["shards"]]
+        self._open_maps()
+        labels, attributes, self.captions = [], [], []
+        for shard, file in zip(index["shards"], self._files):
+            tensors = load_file(str(file), device="cpu")  # labels, attributes: small; latents: mapped
             labels.append(tensors["labels"])
             if "attributes" in tensors:
                 attributes.append(tensors["attributes"])
@@ -120,6 +118,18 @@ class LatentDataset(Dataset):
         self._attributes = torch.cat(attributes) if attributes else None
         self.shape = tuple(index["shape"])  # [c, h, w] of one latent
         self._all = None
+
+    def _open_maps(self) -> None:
+        self._maps = [_mapped(file, "latents") for file in self._files]
+        self._mapped_flips = [_mapped(file, "flipped") for file in self._files] if self.flip else []
+
+    def __getstate__(self) -> dict:
+        # sent to DataLoader workers (spawned processes): the maps are reopened there, not copied
+        return {k: v for k, v in self.__dict__.items() if k not in ("_maps", "_mapped_flips", "_all")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _all=None)
+        self._open_maps()
 
     @property
     def scale_factor(self) -> float:

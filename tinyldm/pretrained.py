@@ -139,7 +139,7 @@ def course_face_autoencoder(path: str | Path = COURSE_FACE_AUTOENCODER) -> Autoe
     return _load_or_stand_in(
         path, Autoencoder.load, "face autoencoder",
         f"tinyldm train-autoencoder --init {COURSE_AUTOENCODER} --data faces --steps 2000 --lr 2e-4 --warmup 50 "
-        f"--out {COURSE_FACE_AUTOENCODER}", lambda: train_autoencoder(
+        f"--whole-image-steps 400 --out {COURSE_FACE_AUTOENCODER}", lambda: train_autoencoder(
             data="faces", whole_image_steps=pick(100, 1), n_eval=pick(64, 8), init=COURSE_AUTOENCODER
             if Path(COURSE_AUTOENCODER).exists() else None,
             train_config=TrainConfig(steps=pick(300, 3), batch_size=32, lr=2e-4, warmup_steps=30, ema_decay=0.99))[0])
@@ -160,5 +160,5 @@ def course_face_unet(ae: Autoencoder | None = None, path: str | Path = COURSE_FA
     return _load_or_stand_in(
         path, lambda p: UNet.load(p, autoencoder=ae), "face UNet",
         f"tinyldm train-diffusion --data faces --init {COURSE_UNET} --autoencoder {COURSE_FACE_AUTOENCODER} "
-        f"--out {COURSE_FACE_UNET}",
+        f"--steps 3000 --cooldown 750 --run-dir build/runs/faces-finetune --out {COURSE_FACE_UNET}",
         lambda: train_diffusion(ae, n_images=pick(5000, 64), train_config=_stand_in_config(), data="faces")[0])
