@@ -205,7 +205,7 @@ def _cmd_train_judge(args) -> int:
 
     tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=50, ema_decay=None,
                      grad_clip=None, seed=args.seed)
-    _, acc = train_judge(tc, device=args.device, out=_out(args), data=args.data)
+    _, acc = train_judge(tc, device=args.device, out=_out(args), data=args.data, init=args.init)
     print(f"saved {_out(args)}: reads all attributes right on {acc:.1%} of 1000 held-out {args.data}")
     return 0
 
@@ -438,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("train-judge", help="train the judge that scores generated scenes or faces (metrics)")
     p.add_argument("--data", default="scenes", choices=["scenes", "faces"], help="what the judge learns to read")
+    p.add_argument("--init", default=None, help="go on training this saved judge")
     _run_flags(p, "judge", steps=3000, batch_size=64, lr=2e-3)
     p.set_defaults(fn=_cmd_train_judge)
 

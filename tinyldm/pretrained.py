@@ -147,7 +147,7 @@ def course_face_autoencoder(path: str | Path = COURSE_FACE_AUTOENCODER) -> Autoe
 
 def course_face_judge(path: str | Path = COURSE_FACE_JUDGE) -> Judge:
     """The judge of the face stand-in: reads every attribute of a face; its features give the face FSD."""
-    return _load_or_stand_in(path, Judge.load, "face judge", f"tinyldm train-judge --data faces --out "
+    return _load_or_stand_in(path, Judge.load, "face judge", f"tinyldm train-judge --data faces --steps 6000 --out "
                              f"{COURSE_FACE_JUDGE}", lambda: train_judge(
         TrainConfig(steps=pick(300, 3), batch_size=64, lr=2e-3, warmup_steps=20, ema_decay=None, grad_clip=None),
         n_eval=pick(200, 10), data="faces")[0])

@@ -131,9 +131,11 @@ def train_autoencoder(preset: str = "course", size: int = 64, crop: int | None =
 
 
 def train_judge(train_config: TrainConfig | None = None, n_images: int = 50_000, device=None,
-                out: str | Path | None = None, n_eval: int = 1000, data: str = "scenes") -> tuple[Judge, float]:
+                out: str | Path | None = None, n_eval: int = 1000, data: str = "scenes",
+                init: str | Path | None = None) -> tuple[Judge, float]:
     """Train the judge of ``tinyldm.metrics`` on one-object 64 px scenes (seed 0; or ``data="faces"``: the face
-    stand-in) and measure its accuracy (all attributes right) on held-out ones (seed 1). Returns (judge, accuracy)."""
+    stand-in) and measure its accuracy (all attributes right) on held-out ones (seed 1); ``init`` goes on training a
+    saved judge. Returns (judge, accuracy)."""
     if data not in ("scenes", "faces"):
         raise ValueError(f"the judge reads the procedural data's attributes: data must be 'scenes' or 'faces', "
                          f"got {data!r}")
@@ -142,7 +144,8 @@ def train_judge(train_config: TrainConfig | None = None, n_images: int = 50_000,
     one = dict(max_objects=1, sizes=SIZES, upright=False)  # a scene judge reads any one object
     train_set = image_data(data, 64, n_images, **one)
     with seeded(train_config.seed):
-        judge = Judge(JudgeConfig() if data == "scenes" else JudgeConfig.faces())
+        judge = Judge.load(init) if init is not None else Judge(JudgeConfig() if data == "scenes"
+                                                                 else JudgeConfig.faces())
     trainer = Trainer(judge, judge_loss, train_set, train_config, device=device)
     trainer.fit()
     judge = trainer.model.cpu().eval()
@@ -150,7 +153,8 @@ def train_judge(train_config: TrainConfig | None = None, n_images: int = 50_000,
     batch = default_collate([held_out[i] for i in range(n_eval)])
     acc = attribute_accuracy(judge, batch["image"], judged_attributes(batch))
     if out is not None:
-        judge.save(out, accuracy=acc, steps=trainer.step, data=data, seed=train_config.seed, command=_command())
+        judge.save(out, accuracy=acc, steps=trainer.step, data=data, init=str(init) if init else None,
+                   seed=train_config.seed, command=_command())
     return judge, acc["all"]
 
 
