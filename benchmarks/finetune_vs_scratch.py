@@ -1,19 +1,21 @@
 """Finetune against from scratch, on the face stand-in: how many steps each needs to reach a face FSD.
 
-Two runs of ``tinyldm train-diffusion`` on 64 px faces (the latents of the course's face autoencoder), with the
-same steps, batch and cool-down, each logging the FSD of 256 samples to 256 held-out faces every ``--every`` steps
-(``--fsd-every``):
+Two runs of ``tinyldm train-diffusion --condition class`` on 64 px faces (the latents of the course's face
+autoencoder; the 15 classes of hair colour x mouth, label dropout 0.1), with the same steps, lr, batch and cool-down,
+each logging the FSD of 256 guided samples (s = 3, DDIM 20, the labels in turn) to 256 held-out faces every
+``--every`` steps (``--fsd-every``):
 
-* finetune: ``--init data/unet-course.safetensors`` (the course's unconditional scene UNet), at the finetuning lr;
-* scratch: the same network from random weights, at the lr it was designed for (1e-3).
+* finetune: ``--init data/unet-class.safetensors`` (the course's class-conditional scene UNet; its 24-class table
+  becomes a 15-class one whose rows start as its null label);
+* scratch: the same network from random weights.
 
 The runs are resumable and are skipped when their log is complete, so this script can be stopped and started again.
 It prints both curves and the figure of merit: the share of the scratch run's steps the finetune needs to reach the
 scratch run's final FSD (the target: at most 0.5). Then the resolution change: the finetuned face model sampled at
-128 px before and after ``--res-steps`` steps of finetuning at 128 px, against its FSD at 64 px (the target: within
-1.5x).
+128 px before and after ``--res-steps`` steps of finetuning at 128 px (5000 faces, batch 32), against its FSD at
+64 px (the target: within 1.5x).
 
-    python benchmarks/finetune_vs_scratch.py --steps 3000 --every 250
+    python benchmarks/finetune_vs_scratch.py --steps 2000 --every 250
 
 One heavy job at a time: on a 2-core machine anything else running skews the step times (not the FSDs).
 """
@@ -54,19 +56,21 @@ def curve(run_dir: Path) -> list[tuple[int, float]]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--every", type=int, default=250)
-    p.add_argument("--cooldown", type=int, default=750)
+    p.add_argument("--cooldown", type=int, default=500)
+    p.add_argument("--lr", default="1e-3", help="the peak lr of both runs")
     p.add_argument("--res-steps", type=int, default=500, help="steps of the 128 px finetune")
     p.add_argument("--runs", default=str(ROOT / "build" / "runs"), help="where the run folders go")
     args = p.parse_args()
-    banner("finetune vs. scratch on the face stand-in (64 px, batch 64)", torch.device("cpu"))
+    banner("finetune vs. scratch on the face stand-in (class-conditional, 64 px, batch 64)", torch.device("cpu"))
     tinyldm = str(Path(sys.executable).parent / "tinyldm")
     ae = "data/autoencoder-faces.safetensors"
-    common = ["train-diffusion", "--data", "faces", "--autoencoder", ae, "--steps", str(args.steps),
-              "--cooldown", str(args.cooldown), "--fsd-every", str(args.every), "--sample-every", "0"]
-    runs = {"finetune": ["--init", "data/unet-course.safetensors"], "scratch": ["--lr", "1e-3"]}
-    folders = {name: Path(args.runs) / f"faces-{name}" for name in runs}
+    common = ["train-diffusion", "--data", "faces", "--condition", "class", "--autoencoder", ae, "--steps",
+              str(args.steps), "--cooldown", str(args.cooldown), "--fsd-every", str(args.every), "--sample-every", "0",
+              "--lr", args.lr]
+    runs = {"finetune": ["--init", "data/unet-class.safetensors"], "scratch": []}
+    folders = {name: Path(args.runs) / f"faces-class-{name}" for name in runs}
     for name, extra in runs.items():
         if not curve(folders[name]) or curve(folders[name])[-1][0] < args.steps:
             seconds = run([tinyldm, *common, *extra, "--run-dir", str(folders[name])])
@@ -86,10 +90,11 @@ def main() -> int:
 
     print("\n## the resolution change: the finetuned face model at 128 px\n")
     model = folders["finetune"] / "model.safetensors"
-    res_dir = Path(args.runs) / "faces-128"
+    res_dir = Path(args.runs) / "faces-class-128"
     if not (res_dir / "model.safetensors").is_file():
         run([tinyldm, "train-diffusion", "--data", "faces", "--image-size", "128", "--autoencoder", ae, "--init",
-             str(model), "--steps", str(args.res_steps), "--cooldown", str(args.res_steps // 4), "--batch-size", "32",
+             str(model), "--condition", "class", "--n-images", "5000", "--steps", str(args.res_steps), "--cooldown",
+             str(args.res_steps // 4), "--batch-size", "32",
              "--sample-every", "0", "--run-dir", str(res_dir)])
     results = {}
     for label, unet, size in (("64 px model at 64 px", model, 64), ("64 px model at 128 px", model, 128),

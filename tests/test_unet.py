@@ -354,3 +354,17 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(a, b)
     with torch.no_grad():  # sampling never checkpoints (nothing to save memory for)
         unet(x, t, context=c)
+
+
+def test_with_num_classes_starts_every_new_class_as_the_base_unconditional_model():
+    torch.manual_seed(0)
+    x, t = torch.randn(3, 4, 8, 8), torch.tensor([5, 300, 900])
+    base = perturbed(UNet(UNetConfig.tiny(num_classes=24))).eval()
+    more = base.with_num_classes(15)
+    assert more.config.num_classes == 15 and more.label_embed.num_embeddings == 16
+    with torch.no_grad():
+        want = base(x, t)  # the null label 24
+        for y in (torch.tensor([0, 7, 14]), None):
+            torch.testing.assert_close(more(x, t, y), want)
+        plain = perturbed(UNet(UNetConfig.tiny())).eval()
+        torch.testing.assert_close(plain.with_num_classes(3)(x, t, torch.tensor([0, 1, 2])), plain(x, t))

@@ -154,11 +154,14 @@ def course_face_judge(path: str | Path = COURSE_FACE_JUDGE) -> Judge:
 
 
 def course_face_unet(ae: Autoencoder | None = None, path: str | Path = COURSE_FACE_UNET) -> UNet:
-    """The course's unconditional UNet (notebook 03) finetuned on 64 px faces in the latents of
-    :func:`course_face_autoencoder`."""
+    """The course's class-conditional UNet (notebook 05) finetuned on 64 px faces in the latents of
+    :func:`course_face_autoencoder`: 15 classes, hair colour x mouth (:func:`tinyldm.data.face_class_name`), label
+    dropout 0.1."""
     ae = ae or course_face_autoencoder()
     return _load_or_stand_in(
         path, lambda p: UNet.load(p, autoencoder=ae), "face UNet",
-        f"tinyldm train-diffusion --data faces --init {COURSE_UNET} --autoencoder {COURSE_FACE_AUTOENCODER} "
-        f"--steps 3000 --cooldown 750 --run-dir build/runs/faces-finetune --out {COURSE_FACE_UNET}",
-        lambda: train_diffusion(ae, n_images=pick(5000, 64), train_config=_stand_in_config(), data="faces")[0])
+        f"tinyldm train-diffusion --data faces --condition class --init {COURSE_CLASS_UNET} --autoencoder "
+        f"{COURSE_FACE_AUTOENCODER} --steps 2000 --cooldown 500 --lr 1e-3 --run-dir build/runs/faces-class-finetune "
+        f"--out {COURSE_FACE_UNET}",
+        lambda: train_diffusion(ae, n_images=pick(5000, 64), train_config=_stand_in_config(), data="faces",
+                                condition="class")[0])

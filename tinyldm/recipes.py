@@ -55,9 +55,11 @@ COURSE_SCENES = {"sizes": ("large",), "upright": True}
 # from the held-out ones (seed 1), as RDM keeps its database apart from its training set. 20k scenes embed in seconds.
 COURSE_DATABASE = {"n": 20_000, "seed": 2}
 
-# The peak lr of a finetune (``--init``) of the course models: a fifth of training from scratch, so the first steps
-# on new data do not wreck what the model knows (docs/experiments.md measures it; Stable Diffusion's own finetunes use
-# 1e-5 at batch 32 to 128, a tenth of its pretraining lr).
+# The peak lr of a finetune (``--init``) unless --lr says otherwise: a fifth of training from scratch, so the first
+# steps do not wreck what the model knows; meant for a finetune in the same latent space (a new image size, more of
+# the same data). A new domain in another autoencoder's latents is a larger move: there the course models learned
+# faster at the from-scratch lr, 1e-3 (docs/experiments.md). Stable Diffusion's own finetunes use 1e-5 at batch 32
+# to 128, a tenth of its pretraining lr.
 FINETUNE_LR = 2e-4
 
 # (shape, colour) pairs the text model never sees together in training: "a yellow triangle", "a blue star"
@@ -380,7 +382,7 @@ class SampleGrids:
 
 class FSDCurve:
     """Trainer callback: every ``every`` steps, the FSD of ``n`` samples of the EMA model (DDIM, ``steps`` steps,
-    fixed noise) to ``reference`` images ``[m, 3, H, W]`` (their size is the samples' size), in ``judge``'s feature
+    fixed noise; a class model's guided with s = 3, its labels in turn) to ``reference`` images ``[m, 3, H, W]`` (their size is the samples' size), in ``judge``'s feature
     space. ``curve`` holds (step, FSD) pairs: how fast a run gets good, in the measure that counts. With ``log`` (a
     .jsonl file) every point is also appended there, so the curve of a resumed run is whole."""
 
@@ -392,8 +394,13 @@ class FSDCurve:
 
     def measure(self, model: UNet, step: int, device=None) -> float:
         size = self.reference.shape[-1]
-        images = generate(model.eval(), self.ae, n=self.n, sampler=DDIM(model.schedule, steps=self.steps),
-                          seed=self.seed, latent_shape=self.ae.latent_shape((1, 3, size, size))[1:], device=device)
+        cond = null = None
+        if model.config.num_classes is not None:  # a class model: labels in turn, guided with s = 3
+            condition = LabelCondition(model.config.num_classes)
+            cond, null = condition.given(torch.arange(self.n) % model.config.num_classes), condition.null(self.n)
+        images = generate(model.eval(), self.ae, cond, null, s=3.0, n=self.n,
+                          sampler=DDIM(model.schedule, steps=self.steps), seed=self.seed,
+                          latent_shape=self.ae.latent_shape((1, 3, size, size))[1:], device=device)
         value = fsd(self.judge, images, self.reference)
         self.curve.append((step, value))
         if self.log is not None:
@@ -631,6 +638,10 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
         train_set = without_labels(train_set, hold_out)
     needs = unet_needs(condition, shape[0], schedule.config, context_dim, num_classes)
     if unet is not None:
+        if needs["num_classes"] is not None and unet.config.num_classes != needs["num_classes"]:
+            print(f"finetuning {init} on {needs['num_classes']} classes (it has {unet.config.num_classes}): a new class "
+                  f"table, each row starting as its null label")
+            unet = unet.with_num_classes(needs["num_classes"])
         for name, value in needs.items():
             # the eps skip is how a model is parametrised, not what the run needs: a finetune keeps the init's
             if name != "eps_skip" and getattr(unet.config, name) != value:

@@ -573,6 +573,26 @@ class UNet(SavableModel, nn.Module):
             for name, m in modules.items():
                 m.keep_attention, m.last_attention = before[name], None
 
+    # -- finetuning on other classes ------------------------------------------------------------
+    def with_num_classes(self, n: int) -> "UNet":
+        """A copy with a class table for ``n`` classes (and the null label ``n``), to finetune on data with other
+        classes. Every new row starts as the old null label's row (zero for a model without classes, whose emb gets
+        nothing added), so the copy computes for every label what the base computes unconditionally, and the
+        finetune learns from there what each class changes."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"expected n, the number of classes, as an int >= 1, got {n!r}")
+        new = copy.deepcopy(self)
+        new.config = dataclasses.replace(self.config, num_classes=n)
+        emb_dim = self.time_embed[-1].out_features
+        weight = self.time_embed[-1].weight
+        table = nn.Embedding(n + 1, emb_dim, device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            null = (self.label_embed.weight[self.config.num_classes] if self.label_embed is not None
+                    else torch.zeros(emb_dim, device=weight.device, dtype=weight.dtype))
+            table.weight.copy_(null.expand(n + 1, -1))
+        new.label_embed = table
+        return new
+
     # -- inpainting: more input channels --------------------------------------------------------
     def with_extra_input_channels(self, k: int) -> "UNet":
         """A copy whose conv_in takes k more input channels (appended after the old ones).
