@@ -13,7 +13,7 @@ from tinyldm.pretrained import (COURSE_AUTOENCODER, COURSE_CLASS_UNET, COURSE_FA
                                 COURSE_TEXT_UNET, COURSE_UNET, course_autoencoder, course_class_unet,
                                 course_face_autoencoder, course_face_judge, course_face_unet, course_judge,
                                 course_retrieval_unet, course_text_encoder, course_text_unet, course_unet)
-from tinyldm.recipes import course_database, course_scenes, retrieval_queries
+from tinyldm.recipes import course_database, face_test, course_scenes, retrieval_queries
 from tinyldm.retrieval import RetrievalCondition, SceneImageEncoder
 from tinyldm.sample import DDIM
 from tinyldm.text import CLIPTextEncoder, TextEncoderNotFound
@@ -118,7 +118,7 @@ def test_the_face_models_reconstruct_judge_and_draw_faces():
     assert reconstruction_psnr(ae, x) > reconstruction_psnr(course_autoencoder(), x) + 5
     truth = torch.stack([held[i]["attributes"] for i in range(64)])
     assert attribute_accuracy(judge, x, truth)["all"] >= 0.5  # nine attributes at once, chance far below 1%
-    # samples are nearer to faces than noise decoded by the same autoencoder is (FSD in the judge's features)
-    samples = generate(unet, ae, n=64, seed=0)
-    noise = ae.from_latent(torch.randn(64, 4, 16, 16, generator=torch.Generator().manual_seed(0)))
-    assert fsd(judge, samples, x) < 0.5 * fsd(judge, noise, x)
+    # guided samples have the asked hair colour (chance 1/5; the shipped model: 83% of 30 samples); the mouth, a few
+    # pixels wide, it does not yet draw reliably (docs/experiments.md)
+    result = face_test(unet, ae, judge, n=30, seed=1)
+    assert result["class"]["hair_color"] >= 0.6, result
