@@ -99,10 +99,9 @@ def _data(args) -> str:
 def _text_encoder(value: str):
     """--text-encoder: a SceneCLIP file (made by train-text-encoder), or a CLIP text model in a local folder or the
     Hugging Face cache (e.g. openai/clip-vit-large-patch14), or the text encoder of a Stable Diffusion folder."""
-    from .text import CLIPTextEncoder, SceneCLIP, TextEncoderNotFound
-
     from .checkpoint import CheckpointError
     from .convert import WeightsNotFound, load_text_encoder
+    from .text import CLIPTextEncoder, SceneCLIP, TextEncoderNotFound
 
     path = Path(value)
     try:
@@ -145,18 +144,24 @@ def _image_encoder(args):
                                                       "tinyldm train-text-encoder")))
 
 
+def _judge(args, data: str):
+    """--judge, or the course judge of ``data`` ("scenes" or "faces")."""
+    from .metrics import Judge
+
+    default = DATA_DIR / ("judge-faces.safetensors" if data == "faces" else "judge-scenes64.safetensors")
+    return Judge.load(_existing(args.judge or default, "--judge", f"tinyldm train-judge --data {data}")).eval()
+
+
 def _fsd_curve(args, ae):
     """--fsd-every: the FSD of 256 samples to 256 held-out images of the data, in the course judge's features,
     appended to RUN_DIR/fsd.jsonl."""
     import torch
 
-    from .metrics import Judge
     from .recipes import FSDCurve, image_data
 
     if args.data not in ("scenes", "faces"):
         raise UsageError("--fsd-every needs a judge of the data: --data scenes or faces")
-    judge_file = args.judge or DATA_DIR / f"judge-{'faces' if args.data == 'faces' else 'scenes64'}.safetensors"
-    judge = Judge.load(_existing(judge_file, "--judge", f"tinyldm train-judge --data {args.data}"))
+    judge = _judge(args, args.data)
     held = image_data(args.data, args.image_size, 256, split="held_out")
     reference = torch.stack([held[i]["image"] for i in range(len(held))])
     return FSDCurve(ae, judge, reference, args.fsd_every, log=Path(args.run_dir) / "fsd.jsonl")
@@ -282,7 +287,6 @@ def _cmd_info(args) -> int:
 def _cmd_evaluate(args) -> int:
     from .autoencoder import Autoencoder
     from .checkpoint import CheckpointError, check_partner
-    from .metrics import Judge
     from .recipes import sample_test
     from .text import SceneCLIP
     from .unet import UNet
@@ -290,13 +294,12 @@ def _cmd_evaluate(args) -> int:
     ae = Autoencoder.load(_existing(args.autoencoder, "--autoencoder", "tinyldm train-autoencoder"))
     unet = UNet.load(_existing(args.unet, "UNET", "tinyldm train-diffusion"))
     faces = unet.info.get("source") == "faces"
-    judge_file = args.judge or DATA_DIR / ("judge-faces.safetensors" if faces else "judge-scenes64.safetensors")
-    judge = Judge.load(_existing(judge_file, "--judge", "tinyldm train-judge" + (" --data faces" if faces else "")))
+    judge = _judge(args, "faces" if faces else "scenes")
     if faces:
         from .recipes import face_test
 
         check_partner(unet, ae, "autoencoder", "autoencoder")
-        result = face_test(unet.eval(), ae, judge.eval(), n=args.n or 256, image_size=args.image_size,
+        result = face_test(unet.eval(), ae, judge, n=args.n or 256, image_size=args.image_size,
                            s=args.s, steps=args.steps, seed=args.seed)
         print(json.dumps(_rounded({"unet": args.unet, "s": args.s, "steps": args.steps, "seed": args.seed,
                                    **result})))
