@@ -153,6 +153,37 @@ def test_generate_makes_the_images_of_diffusers_stable_diffusion_pipeline(sd_fol
     torch.testing.assert_close((ours + 1) / 2, theirs, atol=1e-4, rtol=0)
 
 
+def test_inpaint_makes_the_images_of_diffusers_inpainting_pipeline(sd_folder, tmp_path):
+    from tinyldm.data import MaskConfig, MaskGenerator
+
+    folder, pipe = sd_folder
+    unet9 = diffusers_unet(in_channels=9)  # SD's inpainting UNet: [z_t, mask, masked-image latent]
+    vae = diffusers_vae(scaling_factor=0.3)
+    with torch.no_grad():
+        vae.quant_conv.bias[4:] = -30.0  # a sharp posterior: diffusers samples the masked image's latent, tinyldm
+        # takes its mean; with SD's own autoencoder the two differ as little
+    inpainting = diffusers.StableDiffusionInpaintPipeline(
+        unet=unet9, vae=vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, scheduler=pipe.scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    inpainting.set_progress_bar_config(disable=True)
+    inpainting.save_pretrained(tmp_path / "sd-inpainting")
+    with no_network():
+        sd = load_stable_diffusion(tmp_path / "sd-inpainting")
+    assert sd.unet.config.in_channels == 9
+    image = (randn(2, 3, 32, 32).clamp(-1, 1) * 64).round() / 64  # exact in [0, 1] and back
+    generator = MaskGenerator(MaskConfig(object=0), seed=0)
+    mask = torch.stack([generator(i, 32) for i in (1, 2)])
+    # 5 steps: diffusers' DDIM steps from t to t - T // steps, the next timestep only when steps divides T
+    prompts, s, steps, seed = ["a red star", "low"], 2.0, 5, 3
+    ours = sd.inpaint(prompts, image, mask, s=s, steps=steps, seed=seed)
+    theirs = inpainting(prompts, image=(image + 1) / 2, mask_image=mask, height=32, width=32, guidance_scale=s + 1,
+                        num_inference_steps=steps, eta=0.0, generator=torch.Generator().manual_seed(seed),
+                        output_type="pt").images  # in [0, 1], not pasted
+    torch.testing.assert_close((ours.raw + 1) / 2, theirs, atol=1e-4, rtol=0)
+    known = mask.expand_as(image) == 0
+    assert torch.equal(ours.images[known], image[known])  # tinyldm also pastes the known pixels back
+
+
 def test_a_unet_from_the_hub_cache_loads_without_the_network(hub_cache, tmp_path):
     theirs = diffusers_unet()
     theirs.save_pretrained(tmp_path / "unet")

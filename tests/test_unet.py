@@ -109,6 +109,21 @@ def test_extra_input_channels_start_as_the_same_function():
         model.with_extra_input_channels(0)
 
 
+@torch.no_grad()
+def test_concat_is_the_extra_channels_after_x_t():
+    wide = perturbed(UNet(UNetConfig.tiny(eps_skip=True)).with_extra_input_channels(5))
+    x_t, concat = randn(2, 4, 8, 8), randn(2, 5, 8, 8, seed=1)
+    torch.testing.assert_close(wide(x_t, 30, concat=concat), wide(torch.cat([x_t, concat], dim=1), 30),
+                               rtol=0, atol=0)
+    assert wide(x_t, 30, concat=concat).shape == (2, 4, 8, 8)  # eps of x_t: out_channels
+    with pytest.raises(ValueError, match=r"concat \[b, 5, h, w\].*got x_t \[2, 4, 8, 8\] and concat \[2, 4, 8, 8\]"):
+        wide(x_t, 30, concat=concat[:, :4])
+    with pytest.raises(ValueError, match=r"or x_t \[b, 4, h, w\] with concat \[b, 5, h, w\]"):
+        wide(x_t, 30)  # the extra channels forgotten
+    with pytest.raises(ValueError, match="no extra input channels"):
+        UNet(UNetConfig.tiny())(x_t, 30, concat=concat)
+
+
 # -- Stable Diffusion v1 shape ---------------------------------------------------------------------------------------
 def test_sd_v1_preset_has_sd_shape_on_meta():
     cfg = UNetConfig.sd_v1()

@@ -2,10 +2,13 @@
 
     tinyldm course [NOTEBOOK ...]        execute notebooks headless (walkthrough mode) into build/notebooks
     tinyldm train-autoencoder [options]  train an autoencoder on procedural scenes (resumable)
-    tinyldm train-diffusion [options]    train the latent denoiser on cached latents (resumable)
+    tinyldm train-diffusion [options]    train the latent denoiser on cached latents (resumable); with --concat
+                                         inpaint an inpainting model, with --concat parsing a face-parsing-map one
     tinyldm train-judge [options]        train the judge that scores generated scenes
+    tinyldm train-segmenter [options]    train the face-parsing segmenter that scores mask-conditioned faces
     tinyldm train-text-encoder [options] train the offline CLIP-style text encoder on scene captions
-    tinyldm evaluate UNET [options]      the judge's reading of 240 samples of a trained UNet
+    tinyldm evaluate UNET [options]      the judge's reading of 240 samples of a trained UNet (an inpainting model:
+                                         against the training-free baselines; a parsing model: the IoU of its maps)
     tinyldm convert-sd SD --out DIR      Stable Diffusion v1 weights as tinyldm's own UNet and autoencoder files
     tinyldm export-sd [options]          a tinyldm UNet and autoencoder in Stable Diffusion's layouts
     tinyldm info FILE                    what a tinyldm .safetensors file holds
@@ -199,9 +202,24 @@ def _cmd_train_diffusion(args) -> int:
                                      data=_data(args), image_size=args.image_size, flip=args.flip,
                                      caption=args.caption, schedule=schedule,
                                      freeze=[v.strip() for v in args.freeze.split(",") if v.strip()],
-                                     gradient_checkpointing=args.grad_checkpointing, callbacks=callbacks)
+                                     gradient_checkpointing=args.grad_checkpointing, callbacks=callbacks,
+                                     concat=args.concat, masks=_masks(args.masks), mask_variants=args.mask_variants,
+                                     parsing_maps=args.parsing_maps)
     print(f"saved {_out(args)}: {model.num_parameters() / 1e6:.2f}M parameters, {trainer.step} steps")
     return 0
+
+
+def _masks(value: str | None):
+    """--masks: the mix of inpainting mask kinds, e.g. boxes=0.3,strokes=0.3,everything=0.25 (default: MaskConfig's)."""
+    from .data.masks import MaskConfig
+    from .data.scenes import DataError
+
+    if not value:
+        return None
+    try:
+        return MaskConfig.parse(value)
+    except DataError as e:
+        raise UsageError(f"--masks {value!r}: {e}") from None
 
 
 def _cmd_train_judge(args) -> int:
@@ -212,6 +230,17 @@ def _cmd_train_judge(args) -> int:
                      grad_clip=None, seed=args.seed)
     _, acc = train_judge(tc, device=args.device, out=_out(args), data=args.data, init=args.init)
     print(f"saved {_out(args)}: reads all attributes right on {acc:.1%} of 1000 held-out {args.data}")
+    return 0
+
+
+def _cmd_train_segmenter(args) -> int:
+    from .recipes import train_segmenter
+    from .train import TrainConfig
+
+    tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=50, ema_decay=None,
+                     seed=args.seed)
+    _, miou = train_segmenter(tc, device=args.device, out=_out(args), init=args.init)
+    print(f"saved {_out(args)}: mean IoU {miou:.3f} of its maps against the true ones on 500 held-out faces")
     return 0
 
 
@@ -293,6 +322,8 @@ def _cmd_evaluate(args) -> int:
 
     ae = Autoencoder.load(_existing(args.autoencoder, "--autoencoder", "tinyldm train-autoencoder"))
     unet = UNet.load(_existing(args.unet, "UNET", "tinyldm train-diffusion"))
+    if unet.info.get("concat") is not None:
+        return _evaluate_concat(args, unet, ae)
     faces = unet.info.get("source") == "faces"
     judge = _judge(args, "faces" if faces else "scenes")
     if faces:
@@ -330,6 +361,39 @@ def _cmd_evaluate(args) -> int:
                          steps=args.steps, seed=args.seed, image_encoder=image_encoder, database=database)
     print(json.dumps(_rounded({"unet": args.unet, "s": args.s, "steps": args.steps, "seed": args.seed, **extra,
                                **result})))
+    return 0
+
+
+def _evaluate_concat(args, unet, ae) -> int:
+    """evaluate for a model with extra input channels: an inpainting model against the training-free baselines on
+    its base model (--base, default: the file it was finetuned from), a parsing model by the segmenter's IoU."""
+    from .checkpoint import CheckpointError, check_partner
+    from .unet import UNet
+
+    try:
+        check_partner(unet, ae, "autoencoder", "autoencoder")
+    except CheckpointError as e:
+        raise UsageError(f"{e} (pass the autoencoder it was trained with: --autoencoder)") from None
+    if unet.info["concat"] == "parsing":
+        from .metrics import Segmenter
+        from .recipes import parsing_test
+
+        segmenter = Segmenter.load(_existing(args.segmenter, "--segmenter", "tinyldm train-segmenter"))
+        result = parsing_test(unet.eval(), ae, segmenter, n=args.n or 256, s=args.s, steps=args.steps,
+                              seed=args.seed)
+    else:
+        from .recipes import inpainting_test
+
+        base_path = args.base or unet.info.get("init")
+        if not base_path:
+            raise UsageError("the inpainting model was trained from scratch: name the plain model the baselines run "
+                             "on with --base")
+        base = UNet.load(_existing(base_path, "--base", "tinyldm train-diffusion"))
+        judge = _judge(args, unet.info.get("source", "scenes"))
+        result = inpainting_test(unet.eval(), base.eval(), ae, judge, n=args.n or 64, s=args.s, steps=args.steps,
+                                 seed=args.seed)
+        result = {"base": str(base_path), **result}
+    print(json.dumps(_rounded({"unet": args.unet, "s": args.s, "steps": args.steps, "seed": args.seed, **result})))
     return 0
 
 
@@ -437,6 +501,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hold-out", default="", help="class labels to leave out of training, e.g. 16,22")
     p.add_argument("--init", default=None,
                    help="go on training this saved UNet (fresh optimizer and lr schedule; its file sets the network)")
+    p.add_argument("--concat", default="none", choices=["none", "inpaint", "parsing"],
+                   help="extra input channels beside the latent: inpaint (the mask and the masked image's latent: an "
+                        "inpainting model) or parsing (a face-parsing map, --data faces); an --init without them gets "
+                        "them zero-initialised")
+    p.add_argument("--masks", default=None,
+                   help="with --concat inpaint: the mix of mask kinds, e.g. boxes=0.25,strokes=0.25,outpaint=0.1,"
+                        "object=0.15,everything=0.25 (the default)")
+    p.add_argument("--mask-variants", type=int, default=4,
+                   help="with --concat inpaint: masked copies of every training image, encoded once")
+    p.add_argument("--parsing-maps", default=None,
+                   help="with --concat parsing and a folder of photos: their face-parsing annotations in "
+                        "CelebAMask-HQ's formats (a label image NAME.png per photo, or its per-part masks)")
     p.set_defaults(fn=_cmd_train_diffusion)
 
     p = sub.add_parser("train-judge", help="train the judge that scores generated scenes or faces (metrics)")
@@ -444,6 +520,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--init", default=None, help="go on training this saved judge")
     _run_flags(p, "judge", steps=3000, batch_size=64, lr=2e-3)
     p.set_defaults(fn=_cmd_train_judge)
+
+    p = sub.add_parser("train-segmenter", help="train the face-parsing segmenter that scores mask-conditioned faces")
+    p.add_argument("--init", default=None, help="go on training this saved segmenter")
+    _run_flags(p, "segmenter", steps=3000, batch_size=32, lr=2e-3)
+    p.set_defaults(fn=_cmd_train_segmenter)
 
     p = sub.add_parser("train-text-encoder", help="train the offline CLIP-style text encoder on scene captions")
     _run_flags(p, "text-encoder", steps=1000, batch_size=64, lr=1e-3)
@@ -455,7 +536,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--autoencoder", default=str(DATA_DIR / "autoencoder-course.safetensors"))
     p.add_argument("--judge", default=None, help="the judge file (default: the course judge of the model's data, "
                                                  "data/judge-scenes64.safetensors or data/judge-faces.safetensors)")
-    p.add_argument("--n", type=int, default=None, help="face models: samples for the FSD (default 256)")
+    p.add_argument("--n", type=int, default=None, help="face models: samples for the FSD (default 256); inpainting "
+                                                       "models: held-out images per mask kind (default 64)")
+    p.add_argument("--base", default=None, help="inpainting models: the plain model the training-free baselines run "
+                                                "on (default: the file it was finetuned from)")
+    p.add_argument("--segmenter", default=str(DATA_DIR / "segmenter-faces.safetensors"),
+                   help="parsing models: the face-parsing segmenter that reads the samples' maps")
     p.add_argument("--image-size", type=int, default=None,
                    help="face models: sample at this size (default: the size the model was trained at)")
     p.add_argument("--text-encoder", default=str(DATA_DIR / "text-scenes.safetensors"))

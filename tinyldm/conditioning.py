@@ -5,6 +5,9 @@ A *condition* turns a batch into the keyword arguments the UNet takes for y, and
 * ``LabelCondition``: class labels, ``{"y": [b]}``; the null label is ``num_classes`` (the UNet's extra row).
 * ``TextCondition``: prompts through a frozen text encoder (:mod:`tinyldm.text`), ``{"context": [b, L, d],
   "context_mask": [b, L]}``; the null prompt is the empty string "", as in Stable Diffusion.
+* ``ConcatCondition``: tensors of the batch laid beside x_t as extra input channels, ``{"concat": [b, k, h, w]}``
+  (LDM's "c_concat"): inpainting's mask and masked-image latent, a face-parsing map; its null value is zeros.
+* ``Conditions``: several at once (a class label and a parsing map), each with its own dropout.
 
 Training (classifier-free guidance, Ho & Salimans 2022): with probability ``p_uncond`` (default 0.1) an item's
 condition is replaced by the null one, so one network learns both eps(x_t, t, y) and eps(x_t, t, null).
@@ -26,7 +29,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-__all__ = ["drop_mask", "LabelCondition", "TextCondition", "guided_eps", "Guided"]
+__all__ = ["drop_mask", "LabelCondition", "TextCondition", "ConcatCondition", "Conditions", "guided_eps", "Guided"]
 
 
 def drop_mask(b: int, p: float, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
@@ -104,6 +107,67 @@ class TextCondition:
 
     def __repr__(self) -> str:
         return f"TextCondition({type(self.encoder).__name__}, p_uncond={self.p_uncond}, use_mask={self.use_mask})"
+
+
+class ConcatCondition:
+    """The batch's tensors ``keys`` (each ``[b, k_i, h, w]``) side by side along the channels -> ``{"concat": [b, k,
+    h, w]}``, the extra input channels of a UNet made by ``with_extra_input_channels`` (LDM's "c_concat").
+
+    Inpainting: keys ("mask", "masked_latent") and p_uncond = 0: the mask says which part of the latent is known, a
+    fact the model must respect in every sample, not a condition to drop (the class or prompt beside it is dropped
+    for guidance). A face-parsing map: key "map" with p_uncond = 0.1, dropped to zeros, its null value, so the map can
+    be guided like a label."""
+
+    def __init__(self, keys: Sequence[str], p_uncond: float = 0.0):
+        if isinstance(keys, str) or not keys:
+            raise ValueError(f"expected a list of batch keys, e.g. ('mask', 'masked_latent'), got {keys!r}")
+        drop_mask(0, p_uncond)
+        self.keys, self.p_uncond = tuple(keys), p_uncond
+
+    def given(self, *tensors: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The model input for the tensors of ``keys``, in that order."""
+        if len(tensors) != len(self.keys) or any(t.ndim != 4 or t.shape[0] != tensors[0].shape[0] or
+                                                 t.shape[2:] != tensors[0].shape[2:] for t in tensors):
+            raise ValueError(f"expected {len(self.keys)} tensors [b, k, h, w] with the same b, h, w (for "
+                             f"{', '.join(self.keys)}), got shapes {[list(t.shape) for t in tensors]}")
+        return {"concat": torch.cat([t.float() for t in tensors], dim=1)}
+
+    def null(self, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The null condition of the same shape as ``like`` (a ``given`` result): zeros."""
+        return {"concat": torch.zeros_like(like["concat"])}
+
+    def __call__(self, batch: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        out = self.given(*(torch.as_tensor(batch[k]) for k in self.keys))
+        if self.p_uncond > 0:
+            keep = ~drop_mask(len(out["concat"]), self.p_uncond, generator, out["concat"].device)
+            out["concat"] = out["concat"] * keep.view(-1, 1, 1, 1).to(out["concat"].dtype)
+        return out
+
+    def __repr__(self) -> str:
+        return f"ConcatCondition({', '.join(self.keys)}, p_uncond={self.p_uncond})"
+
+
+class Conditions:
+    """Several conditions as one, for training: each turns the batch into its model inputs with its own dropout
+    (drawn in order from the step's generator), and the dicts are merged; e.g. a class label and inpainting's
+    channels, ``Conditions(LabelCondition(24), ConcatCondition(("mask", "masked_latent")))``."""
+
+    def __init__(self, *parts):
+        if not parts:
+            raise ValueError("expected at least one condition")
+        self.parts = parts
+
+    def __call__(self, batch: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for part in self.parts:
+            inputs = part(batch, generator)
+            if out.keys() & inputs.keys():
+                raise ValueError(f"two conditions give the same model input {sorted(out.keys() & inputs.keys())}")
+            out.update(inputs)
+        return out
+
+    def __repr__(self) -> str:
+        return f"Conditions({', '.join(map(repr, self.parts))})"
 
 
 def guided_eps(eps_cond: torch.Tensor, eps_null: torch.Tensor, s: float) -> torch.Tensor:

@@ -46,6 +46,7 @@ from torch import nn
 from .autoencoder import Autoencoder, AutoencoderConfig
 from .checkpoint import CheckpointError, atomic_path
 from .conditioning import TextCondition
+from .inpaint import Inpainting, concat_kind, inpaint
 from .pipeline import generate
 from .sample import DDIM, Spacing
 from .schedule import BetaSchedule, NoiseSchedule, ScheduleConfig
@@ -55,9 +56,12 @@ from .unet import UNet, UNetConfig
 
 __all__ = ["StableDiffusion", "load_stable_diffusion", "load_unet", "load_autoencoder", "load_text_encoder",
            "save_compvis", "save_diffusers", "to_compvis_state_dict", "find_weights", "sd_download_hint",
-           "vit_l_14_text_config", "WeightsNotFound", "ConversionError", "SD_V1_5"]
+           "vit_l_14_text_config", "WeightsNotFound", "ConversionError", "SD_V1_5", "SD_INPAINTING"]
 
 SD_V1_5 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+# Stable Diffusion's inpainting model: SD v1.2's weights finetuned with a 9-channel input (z_t, mask, masked image's
+# latent), the 5 new channels zero-initialised; the same files as SD_V1_5's, loaded by the same functions
+SD_INPAINTING = "stable-diffusion-v1-5/stable-diffusion-inpainting"
 # what sd_download_hint asks for: the diffusers folder's safetensors weights and configs, ~4.3 GB in float32 (the
 # repository also holds pickled .bin copies, float16 variants and single-file checkpoints, which --include "unet/*"
 # would fetch too)
@@ -778,6 +782,23 @@ class StableDiffusion:
         return generate(self.unet, self.autoencoder, condition.given(list(prompts)), condition.null(len(prompts)),
                         s=s, sampler=sampler or DDIM(self.schedule, steps), seed=seed, batch_size=batch_size,
                         latent_shape=self.latent_shape(height, width), device=device, progress=progress)
+
+    @torch.no_grad()
+    def inpaint(self, prompts: Sequence[str], image: torch.Tensor, mask: torch.Tensor, s: float = 6.5,
+                steps: int = 20, seed: int = 0, method: str | None = None, sampler=None, batch_size: int = 4,
+                device=None, progress: bool = False) -> Inpainting:
+        """Fill the holes of ``image`` ``[b, 3, H, W]`` (in [-1, 1]) where ``mask`` ``[b, 1, H, W]`` is 1, as the
+        prompts ask: :func:`tinyldm.inpaint.inpaint`. With Stable Diffusion's inpainting weights (a 9-channel UNet)
+        the model sees the mask and the masked image's latent (method "model", the default for them); the plain
+        weights inpaint by latent blending (the default for them) or "repaint". The mask meets the latent grid as in
+        SD's own pipeline (nearest). ``.raw`` is what diffusers' StableDiffusionInpaintPipeline returns, ``.images``
+        the same with the known pixels pasted back exactly."""
+        self.latent_shape(*image.shape[-2:])  # checks the size
+        method = method or ("model" if concat_kind(self.unet) == "inpaint" else "blend")
+        condition = TextCondition(self.text_encoder, use_mask=False)
+        return inpaint(self.unet, self.autoencoder, image, mask, condition.given(list(prompts)),
+                       condition.null(len(prompts)), s=s, method=method, sampler=sampler or DDIM(self.schedule, steps),
+                       seed=seed, mask_resize="nearest", batch_size=batch_size, device=device, progress=progress)
 
 
 def load_stable_diffusion(path=SD_V1_5, tokenizer=None, device=None,

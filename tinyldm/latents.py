@@ -18,6 +18,8 @@ scenes to FFHQ's 70k faces at 512 px (70k x [4, 64, 64] latents, 2.3 GB in float
 * Memory-mapped: a :class:`LatentDataset` maps the shards' latents from disk (the safetensors layout is a JSON header
   and raw little-endian arrays, so numpy maps them in place); an item reads one latent, and a cache far larger than
   memory trains fine.
+* Other tensors of an item (``keep``): stored beside its latent, memory-mapped the same way, and returned with it,
+  such as an inpainting mask at the latent grid or a face-parsing map (:mod:`tinyldm.inpaint`).
 * Horizontal flips (``flip=True``): each image is also encoded mirrored, and the dataset has 2n items (item n + i is
   the mirror of item i, with its label and caption). A flipped latent is not the flip of the latent (the encoder is
   not mirror-symmetric), hence encoding both. Only for data where left and right carry no meaning in the labels or
@@ -45,6 +47,7 @@ __all__ = ["LatentDataset", "encode_dataset", "load_or_encode", "IncompleteCache
 KIND = "latents"
 SHARD_SIZE = 4096  # items per shard: 4096 x [4, 64, 64] float16 latents (512 px images at f = 8) are 134 MB
 DTYPES = {torch.float32: ("F32", np.float32), torch.float16: ("F16", np.float16)}
+_NUMPY = {code: np_dtype for code, np_dtype in [*DTYPES.values(), ("I64", np.int64)]}  # what _mapped reads
 
 
 class IncompleteCache(CheckpointError):
@@ -68,19 +71,20 @@ def _read_json(path: Path):
 
 
 def _mapped(path: Path, name: str) -> np.ndarray:
-    """The tensor ``name`` of a safetensors file, memory-mapped read-only (float16 or float32)."""
+    """The tensor ``name`` of a safetensors file, memory-mapped read-only (float16, float32 or int64)."""
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(n))
     entry = header[name]
-    dtype = {code: np_dtype for code, np_dtype in DTYPES.values()}[entry["dtype"]]
+    dtype = _NUMPY[entry["dtype"]]
     begin, _ = entry["data_offsets"]
     return np.memmap(path, dtype=dtype, mode="r", offset=8 + n + begin, shape=tuple(entry["shape"]))
 
 
 class LatentDataset(Dataset):
     """A complete latent cache folder (see the module docstring). Item i: ``{"latent": float32 [c, h, w],
-    "label": int, "caption": str}`` plus ``"attributes"`` when the source dataset had them.
+    "label": int, "caption": str}`` plus ``"attributes"`` when the source dataset had them, and the tensors it was
+    asked to ``keep`` (floats as float32).
 
     ``latents``, ``labels`` and ``attributes`` give all items at once as tensors: fine for the course's caches
     (20k x [4, 16, 16] is 20 MB); for a cache larger than memory, index items instead (``latents`` reads every
@@ -101,6 +105,7 @@ class LatentDataset(Dataset):
         if index.get("format") != FORMAT or index.get("kind") != KIND:
             raise CheckpointError(f"{index_file} is not the index of a tinyldm latent cache")
         self.info, self.flip = index["info"], bool(index["flip"])
+        self.kept = tuple(index.get("keep", ()))
         from safetensors.torch import load_file
 
         self._files = [self.path / f"{shard}.safetensors" for shard in index["shards"]]
@@ -122,10 +127,11 @@ class LatentDataset(Dataset):
     def _open_maps(self) -> None:
         self._maps = [_mapped(file, "latents") for file in self._files]
         self._mapped_flips = [_mapped(file, "flipped") for file in self._files] if self.flip else []
+        self._kept_maps = {key: [_mapped(file, f"keep.{key}") for file in self._files] for key in self.kept}
 
     def __getstate__(self) -> dict:
         # sent to DataLoader workers (spawned processes): the maps are reopened there, not copied
-        return {k: v for k, v in self.__dict__.items() if k not in ("_maps", "_mapped_flips", "_all")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_maps", "_mapped_flips", "_kept_maps", "_all")}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state, _all=None)
@@ -138,12 +144,15 @@ class LatentDataset(Dataset):
     def __len__(self) -> int:
         return 2 * self.n if self.flip else self.n
 
+    def _row(self, maps: list[np.ndarray], i: int) -> torch.Tensor:
+        """Row i (of all shards) of a mapped tensor, as a tensor of its own (a copy: the maps are read-only)."""
+        k = bisect.bisect_right(self._ends, i)
+        row = maps[k][i - (self._ends[k - 1] if k else 0)]
+        return torch.from_numpy(np.array(row, dtype=np.float32 if row.dtype.kind == "f" else row.dtype))
+
     def _latent(self, i: int) -> torch.Tensor:
         flipped, i = divmod(i, self.n)
-        k = bisect.bisect_right(self._ends, i)
-        start = self._ends[k - 1] if k else 0
-        maps = self._mapped_flips if flipped else self._maps
-        return torch.from_numpy(np.array(maps[k][i - start], dtype=np.float32))  # a copy: the map is read-only
+        return self._row(self._mapped_flips if flipped else self._maps, i)
 
     def __getitem__(self, i: int) -> dict:
         if not -len(self) <= i < len(self):
@@ -153,6 +162,8 @@ class LatentDataset(Dataset):
         item = {"latent": self._latent(i), "label": int(self._labels[j]), "caption": self.captions[j]}
         if self._attributes is not None:
             item["attributes"] = self._attributes[j]
+        for key, maps in self._kept_maps.items():
+            item[key] = self._row(maps, j)
         return item
 
     @property
@@ -179,23 +190,27 @@ class LatentDataset(Dataset):
         return f"LatentDataset({self.path.name}: {len(self)} latents of shape {list(self.shape)}{flips})"
 
 
-def _plan(ae: Autoencoder, dataset: Dataset, shard_size: int, dtype: torch.dtype, flip: bool) -> dict:
-    return {"format": FORMAT, "kind": KIND + "-plan", "autoencoder": fingerprint(ae), "dataset": repr(dataset),
+def _plan(ae: Autoencoder, dataset: Dataset, shard_size: int, dtype: torch.dtype, flip: bool,
+          keep: tuple[str, ...] = ()) -> dict:
+    plan = {"format": FORMAT, "kind": KIND + "-plan", "autoencoder": fingerprint(ae), "dataset": repr(dataset),
             "n": len(dataset), "shard_size": shard_size, "dtype": DTYPES[dtype][0], "flip": flip}
+    return {**plan, "keep": list(keep)} if keep else plan  # caches made before ``keep`` existed stay valid
 
 
 @torch.no_grad()
 def encode_dataset(ae: Autoencoder, dataset: Dataset, path: str | Path, batch_size: int = 64,
                    device: str | torch.device | None = None, progress: bool = True, shard_size: int = SHARD_SIZE,
                    dtype: torch.dtype = torch.float32, flip: bool = False, num_workers: int = 0,
-                   resume: bool = True) -> LatentDataset:
+                   resume: bool = True, keep: tuple[str, ...] = ()) -> LatentDataset:
     """Encode every image of ``dataset`` (items with "image" ``[3, H, W]`` in [-1, 1], and optionally "label",
     "caption", "attributes", "path") with ``ae.to_latent`` into the cache folder ``path``; return it.
 
     ``shard_size`` items per shard; ``dtype`` float32 or float16 (half the disk, about 1e-3 relative rounding);
     ``flip`` also encodes every image mirrored; ``num_workers`` DataLoader processes decode images in parallel (image
     folders). With ``resume`` (the default) shards already written by the same job (same autoencoder, dataset and
-    settings) are kept and encoding goes on after them; another job's folder is cleared first.
+    settings) are kept and encoding goes on after them; another job's folder is cleared first. ``keep``: names of
+    other tensors of every item to store beside its latent (floats in ``dtype``, integers as int64); the dataset's
+    items return them under the same names.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be torch.float32 or torch.float16, got {dtype}")
@@ -204,7 +219,10 @@ def encode_dataset(ae: Autoencoder, dataset: Dataset, path: str | Path, batch_si
     if len(dataset) == 0:
         raise ValueError("the dataset is empty: nothing to encode")
     path = Path(path)
-    plan = _plan(ae, dataset, shard_size, dtype, flip)
+    keep = tuple(keep)
+    if flip and keep:
+        raise ValueError(f"flip=True mirrors the images but not the kept tensors {keep}: encode without flips")
+    plan = _plan(ae, dataset, shard_size, dtype, flip, keep)
     if path.exists() and not (resume and path.is_dir() and (path / "plan.json").is_file()
                               and _read_json(path / "plan.json") == plan):
         if path.is_dir():
@@ -228,6 +246,7 @@ def encode_dataset(ae: Autoencoder, dataset: Dataset, path: str | Path, batch_si
             bar.update(len(part))
             continue
         latents, flipped, labels, captions, paths, attributes = [], [], [], [], [], []
+        kept: dict[str, list[torch.Tensor]] = {key: [] for key in keep}
         loader = DataLoader(Subset(dataset, list(part)), batch_size=batch_size, shuffle=False,
                             num_workers=num_workers)
         for batch in loader:
@@ -241,12 +260,19 @@ def encode_dataset(ae: Autoencoder, dataset: Dataset, path: str | Path, batch_si
             paths += list(batch.get("path", []))
             if "attributes" in batch:
                 attributes.append(batch["attributes"])
+            for key in keep:
+                if key not in batch:
+                    raise ValueError(f"keep names {key!r}, which the dataset's items do not have (they have "
+                                     f"{sorted(batch)})")
+                v = torch.as_tensor(batch[key])
+                kept[key].append(v.to(dtype) if v.is_floating_point() else v.long())
             bar.update(b)
         tensors = {"latents": torch.cat(latents), "labels": torch.cat(labels)}
         if flip:
             tensors["flipped"] = torch.cat(flipped)
         if attributes:
             tensors["attributes"] = torch.cat(attributes)
+        tensors.update({f"keep.{key}": torch.cat(v) for key, v in kept.items()})
         # captions first, tensors last: a shard's .safetensors exists only when all of it is on disk
         _write_json(path / f"{name}.json", {"captions": captions, "paths": paths})
         with atomic_path(path / f"{name}.safetensors") as tmp:
@@ -257,7 +283,7 @@ def encode_dataset(ae: Autoencoder, dataset: Dataset, path: str | Path, batch_si
     info = {"scale_factor": float(ae.scale_factor), "autoencoder": plan["autoencoder"], "dataset": plan["dataset"],
             "n": len(dataset)}
     _write_json(path / "index.json", {"format": FORMAT, "kind": KIND, "info": info, "shards": shards,
-                                      "shape": shape, "dtype": plan["dtype"], "flip": flip})
+                                      "shape": shape, "dtype": plan["dtype"], "flip": flip, "keep": list(keep)})
     return LatentDataset(path)
 
 
@@ -270,7 +296,7 @@ def load_or_encode(ae: Autoencoder, dataset: Dataset, path: str | Path, **kwargs
             cached = LatentDataset(path)
             plan = _read_json(path / "plan.json")
             want = _plan(ae, dataset, kwargs.get("shard_size", SHARD_SIZE), kwargs.get("dtype", torch.float32),
-                         kwargs.get("flip", False))
+                         kwargs.get("flip", False), tuple(kwargs.get("keep", ())))
             if plan == want:
                 return cached
         except CheckpointError:

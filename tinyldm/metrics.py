@@ -12,6 +12,8 @@ image (shape, colour, size of its first object) so conditional models can be sco
   FSD, the Frechet Scene Distance. Like FID it is biased upwards for small samples: compare
   numbers computed from the same number of images.
 - ``attribute_accuracy``: how often the judge reads the attributes that were asked for.
+- ``Segmenter`` and ``mean_iou``: a small network that reads a face-parsing map off a face, and how well two maps
+  agree; together they measure how closely mask-conditioned samples follow their maps (:mod:`tinyldm.inpaint`).
 
 The course's judge is trained by ``tinyldm train-judge`` (see ``tinyldm.pretrained``), on scenes
 with light blur and noise so it also reads imperfect samples.
@@ -25,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import images_at, strided_cnn
+from .layers import group_norm, images_at, strided_cnn
 from .checkpoint import SavableModel
-from .data import COLORS, SHAPES, SIZES
+from .data import COLORS, NUM_PARTS, PARTS, SHAPES, SIZES
 
 KIND = "judge"
 # what the scenes judge reads: the first object's shape, colour and size (name -> number of values)
@@ -175,3 +177,94 @@ def fsd(judge: Judge, images_a: torch.Tensor, images_b: torch.Tensor, batch_size
     judge.eval()
     feats = [torch.cat([judge.features(c) for c in imgs.split(batch_size)]) for imgs in (images_a, images_b)]
     return frechet_distance(*feats)
+
+
+# -- face parsing ------------------------------------------------------------------------------------------------------
+SEGMENTER_KIND = "segmenter"
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    image_size: int = 64  # inputs of other sizes are resized to this; the map comes back at the input's size
+    widths: tuple[int, ...] = (24, 48, 96)  # one level each, at image_size / 2**level
+    num_parts: int = NUM_PARTS
+
+    def __post_init__(self):
+        object.__setattr__(self, "widths", tuple(self.widths))
+        if not self.widths or self.num_parts < 2 or self.image_size % 2 ** (len(self.widths) - 1):
+            raise ValueError(f"expected widths (one per level), num_parts >= 2 and image_size divisible by "
+                             f"2**(levels - 1); got {self}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), group_norm(c_out, 8), nn.SiLU(),
+                         nn.Conv2d(c_out, c_out, 3, padding=1), group_norm(c_out, 8), nn.SiLU())
+
+
+class Segmenter(SavableModel, nn.Module):
+    """Images ``[b, 3, H, W]`` in [-1, 1] -> part logits ``[b, num_parts, H, W]``: a small UNet (a conv block per
+    level, stride-2 down, nearest-neighbour up with the skip concatenated). Reads the face-parsing map of a face, in
+    the classes of :data:`tinyldm.data.PARTS`; trained on the face stand-in by ``tinyldm train-segmenter``."""
+
+    kind, config_class = SEGMENTER_KIND, SegmenterConfig
+
+    def __init__(self, config: SegmenterConfig | None = None):
+        super().__init__()
+        self.config = cfg = config or SegmenterConfig()
+        w = cfg.widths
+        self.down = nn.ModuleList([_conv_block(3, w[0])] + [
+            nn.Sequential(nn.Conv2d(w[i - 1], w[i], 3, stride=2, padding=1), _conv_block(w[i], w[i]))
+            for i in range(1, len(w))])
+        self.up = nn.ModuleList([_conv_block(w[i + 1] + w[i], w[i]) for i in reversed(range(len(w) - 1))])
+        self.head = nn.Conv2d(w[0], cfg.num_parts, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        h, skips = images_at(x, self.config.image_size), []
+        for block in self.down:
+            h = block(h)
+            skips.append(h)
+        skips.pop()
+        for block in self.up:
+            h = block(torch.cat([F.interpolate(h, scale_factor=2.0, mode="nearest"), skips.pop()], dim=1))
+        logits = self.head(h)
+        return logits if logits.shape[-2:] == size else F.interpolate(logits, size=size, mode="bilinear",
+                                                                      align_corners=False)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """The part of every pixel, int64 ``[b, H, W]`` (indices into ``PARTS``)."""
+        was_training = self.training
+        self.eval()
+        out = torch.cat([self(chunk).argmax(1) for chunk in x.split(batch_size)])
+        self.train(was_training)
+        return out
+
+
+def segmenter_loss(model: Segmenter, batch: dict, generator: torch.Generator):
+    """Cross-entropy against the soft part masks ``batch["masks"]`` ``[b, P, H, W]`` (each pixel's shares sum to 1),
+    on lightly blurred and noisy images, so that the segmenter also reads imperfect samples."""
+    logits = model(_degrade(batch["image"], generator))
+    target = batch["masks"]
+    loss = -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
+    return loss, {"pixel_acc": (logits.argmax(1) == target.argmax(1)).float().mean().item()}
+
+
+def mean_iou(pred: torch.Tensor, target: torch.Tensor, num_parts: int = NUM_PARTS,
+             names: tuple[str, ...] = PARTS) -> dict:
+    """How well two part maps agree: per part, intersection over union of its pixels, summed over all images (the
+    dataset-level IoU of segmentation benchmarks); ``"miou"`` is the mean over the parts present in either map.
+    pred, target: int64 ``[b, H, W]`` part indices. Returns ``{"miou": float, "parts": {name: IoU}}``."""
+    if pred.shape != target.shape or pred.ndim != 3:
+        raise ValueError(f"expected two part maps [b, H, W] of the same shape, got {list(pred.shape)} and "
+                         f"{list(target.shape)}")
+    parts = {}
+    for k in range(num_parts):
+        p, t = pred == k, target == k
+        union = (p | t).sum().item()
+        if union:
+            parts[names[k] if k < len(names) else str(k)] = (p & t).sum().item() / union
+    return {"miou": sum(parts.values()) / max(1, len(parts)), "parts": parts}

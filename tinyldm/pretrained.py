@@ -14,8 +14,9 @@ from pathlib import Path
 
 from .autoencoder import Autoencoder
 from .config import DATA_DIR, pick
-from .metrics import Judge
-from .recipes import TEXT_HOLD_OUT, course_database, train_autoencoder, train_diffusion, train_judge, train_text_encoder
+from .metrics import Judge, Segmenter
+from .recipes import (TEXT_HOLD_OUT, course_database, train_autoencoder, train_diffusion, train_judge, train_segmenter,
+                      train_text_encoder)
 from .retrieval import ImageEncoder, SceneImageEncoder
 from .text import SceneCLIP
 from .train import TrainConfig
@@ -25,7 +26,8 @@ __all__ = ["COURSE_AUTOENCODER", "COURSE_JUDGE", "COURSE_UNET", "COURSE_TEXT_ENC
            "COURSE_TEXT_UNET", "COURSE_RETRIEVAL_UNET", "course_autoencoder", "course_judge", "course_text_encoder",
            "course_unet", "course_class_unet", "course_text_unet", "course_image_encoder", "course_retrieval_unet",
            "COURSE_FACE_AUTOENCODER", "COURSE_FACE_JUDGE", "COURSE_FACE_UNET", "course_face_autoencoder",
-           "course_face_judge", "course_face_unet"]
+           "course_face_judge", "course_face_unet", "COURSE_INPAINT_UNET", "COURSE_SEGMENTER", "COURSE_PARSING_UNET",
+           "course_inpaint_unet", "course_segmenter", "course_parsing_unet"]
 
 COURSE_AUTOENCODER = DATA_DIR / "autoencoder-course.safetensors"
 COURSE_JUDGE = DATA_DIR / "judge-scenes64.safetensors"
@@ -37,6 +39,9 @@ COURSE_RETRIEVAL_UNET = DATA_DIR / "unet-retrieval.safetensors"
 COURSE_FACE_AUTOENCODER = DATA_DIR / "autoencoder-faces.safetensors"
 COURSE_FACE_JUDGE = DATA_DIR / "judge-faces.safetensors"
 COURSE_FACE_UNET = DATA_DIR / "unet-faces.safetensors"
+COURSE_INPAINT_UNET = DATA_DIR / "unet-inpaint.safetensors"
+COURSE_SEGMENTER = DATA_DIR / "segmenter-faces.safetensors"
+COURSE_PARSING_UNET = DATA_DIR / "unet-parsing.safetensors"
 
 
 def _load_or_stand_in(path: str | Path, load, what: str, command: str, make_stand_in):
@@ -47,6 +52,11 @@ def _load_or_stand_in(path: str | Path, load, what: str, command: str, make_stan
     warnings.warn(f"{path} is missing; training a small stand-in {what} now (poorer results). "
                   f"Make the real one with: {command}", stacklevel=3)
     return make_stand_in()
+
+
+def _if_there(path: str | Path) -> Path | None:
+    """``path`` if the file exists: a stand-in finetunes the course's file when it can, else starts from scratch."""
+    return Path(path) if Path(path).exists() else None
 
 
 def _stand_in_config() -> TrainConfig:
@@ -140,8 +150,7 @@ def course_face_autoencoder(path: str | Path = COURSE_FACE_AUTOENCODER) -> Autoe
         path, Autoencoder.load, "face autoencoder",
         f"tinyldm train-autoencoder --init {COURSE_AUTOENCODER} --data faces --steps 2000 --lr 2e-4 --warmup 50 "
         f"--whole-image-steps 400 --out {COURSE_FACE_AUTOENCODER}", lambda: train_autoencoder(
-            data="faces", whole_image_steps=pick(100, 1), n_eval=pick(64, 8), init=COURSE_AUTOENCODER
-            if Path(COURSE_AUTOENCODER).exists() else None,
+            data="faces", whole_image_steps=pick(100, 1), n_eval=pick(64, 8), init=_if_there(COURSE_AUTOENCODER),
             train_config=TrainConfig(steps=pick(300, 3), batch_size=32, lr=2e-4, warmup_steps=30, ema_decay=0.99))[0])
 
 
@@ -165,3 +174,39 @@ def course_face_unet(ae: Autoencoder | None = None, path: str | Path = COURSE_FA
         f"--out {COURSE_FACE_UNET}",
         lambda: train_diffusion(ae, n_images=pick(5000, 64), train_config=_stand_in_config(), data="faces",
                                 condition="class")[0])
+
+
+def course_inpaint_unet(ae: Autoencoder | None = None, path: str | Path = COURSE_INPAINT_UNET) -> UNet:
+    """The course's inpainting model: the class-conditional UNet (notebook 05) with 5 zero-initialised input channels
+    (the mask and the masked scene's latent: ``[z_t, m, z_masked]``, 9 channels), finetuned on masked course scenes
+    (:class:`tinyldm.data.MaskConfig`'s mix, everything masked in a quarter), label dropout 0.1."""
+    ae = ae or course_autoencoder()
+    return _load_or_stand_in(
+        path, lambda p: UNet.load(p, autoencoder=ae), "inpainting UNet",
+        f"tinyldm train-diffusion --condition class --concat inpaint --init {COURSE_CLASS_UNET} "
+        f"--run-dir build/runs/inpaint-class --out {COURSE_INPAINT_UNET}",
+        lambda: train_diffusion(ae, n_images=pick(2000, 64), train_config=_stand_in_config(), condition="class",
+                                concat="inpaint", mask_variants=pick(2, 1),
+                                init=_if_there(COURSE_CLASS_UNET))[0])
+
+
+def course_segmenter(path: str | Path = COURSE_SEGMENTER) -> Segmenter:
+    """The face-parsing segmenter (reads the part of every pixel of a 64 px face), in eval mode."""
+    return _load_or_stand_in(path, Segmenter.load, "segmenter", f"tinyldm train-segmenter --out {COURSE_SEGMENTER}",
+                             lambda: train_segmenter(TrainConfig(steps=pick(300, 3), batch_size=32, lr=2e-3,
+                                                                 warmup_steps=20, ema_decay=None),
+                                                     n_eval=pick(100, 8))[0])
+
+
+def course_parsing_unet(ae: Autoencoder | None = None, path: str | Path = COURSE_PARSING_UNET) -> UNet:
+    """The course's mask-conditioned face model: the face UNet (notebook 09) with the 8 channels of a face-parsing
+    map (the part shares of each latent cell) zero-initialised beside z_t, finetuned on faces; map and label each
+    dropped with probability 0.1, so both can be guided."""
+    ae = ae or course_face_autoencoder()
+    return _load_or_stand_in(
+        path, lambda p: UNet.load(p, autoencoder=ae), "parsing-map UNet",
+        f"tinyldm train-diffusion --data faces --condition class --concat parsing --init {COURSE_FACE_UNET} "
+        f"--autoencoder {COURSE_FACE_AUTOENCODER} --run-dir build/runs/parsing-faces --out {COURSE_PARSING_UNET}",
+        lambda: train_diffusion(ae, n_images=pick(2000, 64), train_config=_stand_in_config(), data="faces",
+                                condition="class", concat="parsing",
+                                init=_if_there(COURSE_FACE_UNET))[0])

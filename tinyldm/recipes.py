@@ -22,12 +22,16 @@ from torch.utils.data import Dataset, Subset, default_collate
 
 from .autoencoder import Autoencoder, AutoencoderConfig, autoencoder_loss, reconstruction_psnr
 from .checkpoint import CheckpointError, fingerprint
-from .conditioning import LabelCondition, TextCondition
+from .conditioning import ConcatCondition, Conditions, LabelCondition, TextCondition
 from .config import BUILD_DIR, default_device, seeded
 from .data import (FACE_ATTRIBUTES, NUM_CLASSES, NUM_FACE_CLASSES, SHAPES, SIZES, Faces, ImageFolder, Scenes, class_name, label_of,
                    random_crops)
+from .data.masks import MaskConfig, MaskGenerator
+from .inpaint import (CONCAT_KINDS, METHODS, InpaintingLatents, MaskedImages, ParsingMaps, concat_channels,
+                      concat_kind, inpaint, inpainting_scores, inpainting_unet, parsing_map, parsing_unet)
 from .latents import LatentDataset, load_or_encode
-from .metrics import Judge, JudgeConfig, attribute_accuracy, class_attributes, fsd, judge_loss, judged_attributes
+from .metrics import (Judge, JudgeConfig, Segmenter, SegmenterConfig, attribute_accuracy, class_attributes, fsd,
+                      judge_loss, judged_attributes, mean_iou, segmenter_loss)
 from .pipeline import generate
 from .retrieval import Database, ImageEncoder, RetrievalCondition, WithNeighbours, load_or_compute_neighbours
 from .sample import DDIM
@@ -41,7 +45,8 @@ __all__ = ["train_autoencoder", "train_judge", "train_text_encoder", "train_diff
            "held_out_scenes", "course_scenes", "course_latents", "without_labels", "unet_needs", "SampleGrids",
            "sample_test", "TEXT_HOLD_OUT", "COURSE_SCENES", "CONDITIONS", "COURSE_DATABASE", "course_database",
            "course_neighbours", "retrieval_queries", "image_data", "cached_latents", "num_classes_of",
-           "freeze_parameters", "Part", "FINETUNE_LR", "FSDCurve", "face_test"]
+           "freeze_parameters", "Part", "FINETUNE_LR", "FSDCurve", "face_test", "train_segmenter", "INPAINT_TEST_MASKS",
+           "inpainting_test", "parsing_test"]
 
 CONDITIONS = ("none", "class", "text", "retrieval")
 
@@ -242,8 +247,8 @@ def _folder_split(folder: ImageFolder, split: str) -> Part:
 
 def image_data(data: str = "scenes", size: int = 64, n: int | None = 20_000, split: str = "train",
                max_objects: int = 1, sizes: Sequence[str] = COURSE_SCENES["sizes"],
-               upright: bool = COURSE_SCENES["upright"], caption: str = "", labels_from_folders: bool = False
-               ) -> Dataset:
+               upright: bool = COURSE_SCENES["upright"], caption: str = "", labels_from_folders: bool = False,
+               parsing: str | Path | None = None) -> Dataset:
     """The images a run learns from (``split="train"``) or is measured on (``"held_out"``), at ``size`` px:
 
     * ``"scenes"``: the course scenes (seed 0 to train, seed 1 held out; ``max_objects``, ``sizes``, ``upright`` as
@@ -263,7 +268,8 @@ def image_data(data: str = "scenes", size: int = 64, n: int | None = 20_000, spl
         return Faces(size=size, length=n or 20_000, seed=seed)
     if not Path(data).is_dir():
         raise ValueError(f"data must be 'scenes', 'faces' or a folder of images, got {data!r} (no such folder)")
-    images = _folder_split(ImageFolder(data, size, caption=caption, labels_from_folders=labels_from_folders), split)
+    images = _folder_split(ImageFolder(data, size, caption=caption, labels_from_folders=labels_from_folders,
+                                       parsing=parsing), split)
     if n is None or n >= len(images):
         return images
     # n spread evenly over the split, so that every class subfolder (and every part of FFHQ) is in it
@@ -272,9 +278,10 @@ def image_data(data: str = "scenes", size: int = 64, n: int | None = 20_000, spl
 
 
 def _base(images: Dataset) -> Dataset:
-    """The dataset a (nested) Subset takes its items from."""
-    while isinstance(images, Subset):
-        images = images.dataset
+    """The dataset a (nested) Subset, or the masked copies or parsing maps of :mod:`tinyldm.inpaint`, takes its items
+    from."""
+    while isinstance(images, (Subset, MaskedImages, ParsingMaps)):
+        images = images.dataset if isinstance(images, Subset) else images.images
     return images
 
 
@@ -292,15 +299,18 @@ def num_classes_of(images: Dataset) -> int:
                      f"class)")
 
 
-def cached_latents(ae: Autoencoder, images: Dataset, flip: bool = False, progress: bool = True) -> LatentDataset:
-    """The latents of ``images`` (from :func:`image_data`) encoded once by ``ae`` and cached under
-    ``build/latents/`` (a folder per dataset and autoencoder; an interrupted encoding resumes). Folders of real images
-    are kept in float16 (FFHQ at 512 px: 2.3 GB), the procedural data in float32."""
+def cached_latents(ae: Autoencoder, images: Dataset, flip: bool = False, progress: bool = True,
+                   keep: tuple[str, ...] = ()) -> LatentDataset:
+    """The latents of ``images`` (from :func:`image_data`, or its masked copies or parsing maps) encoded once by
+    ``ae`` and cached under ``build/latents/`` (a folder per dataset and autoencoder; an interrupted encoding
+    resumes), with the items' tensors named in ``keep``. Folders of real images are kept in float16 (FFHQ at 512 px:
+    2.3 GB), the procedural data in float32."""
     base = _base(images)
-    tag = f"{type(base).__name__.lower()}-{hashlib.sha256(repr(images).encode()).hexdigest()[:12]}"
+    wrapper = {MaskedImages: "masked-", ParsingMaps: "parsing-"}.get(type(images), "")
+    tag = f"{wrapper}{type(base).__name__.lower()}-{hashlib.sha256(repr(images).encode()).hexdigest()[:12]}"
     real = not isinstance(base, (Scenes, Faces))
     return load_or_encode(ae, images, BUILD_DIR / "latents" / f"{tag}{'-flip' if flip else ''}-{fingerprint(ae)}",
-                          flip=flip,
+                          flip=flip, keep=keep,
                           dtype=torch.float16 if real else torch.float32, progress=progress,
                           num_workers=2 if real else 0)
 
@@ -545,7 +555,9 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
                     k: int = 4, database: Database | None = None, exclude_self: bool = False,
                     max_similarity: float | None = None, data: str = "scenes", image_size: int = 64,
                     flip: bool = False, caption: str = "", freeze: Sequence[str] = (),
-                    callbacks: Sequence = (), gradient_checkpointing: bool = False) -> tuple[UNet, Trainer]:
+                    callbacks: Sequence = (), gradient_checkpointing: bool = False, concat: str = "none",
+                    masks: MaskConfig | None = None, mask_variants: int = 4,
+                    parsing_maps: str | Path | None = None) -> tuple[UNet, Trainer]:
     """Train an eps-prediction UNet (Algorithm 1) on cached latents of ``ae``.
 
     ``condition``: "none" (unconditional, ``model(x_t, t)``), "class" (class labels y, with a null label) or
@@ -574,10 +586,23 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
     block's input for the backward pass and recomputes the rest (about a third more compute, far less activation
     memory: what Stable Diffusion's UNet needs to train at 512 px on one GPU).
 
+    Finetuning with masks (``concat``, :mod:`tinyldm.inpaint`): ``"inpaint"`` trains an inpainting model, whose input is
+    [z_t, mask, latent of the masked image]; ``"parsing"`` one that follows a face-parsing map (the faces' part masks
+    averaged to the latent grid, dropped to zeros with ``p_uncond``). An ``init`` without the extra input channels
+    gets them zero-initialised (:func:`tinyldm.inpaint.inpainting_unet`), so the finetune starts at the base model.
+    Inpainting masks come from ``masks`` (a :class:`tinyldm.data.MaskConfig`; default: its mix, with everything
+    masked in a quarter; a folder of photos has no objects to mask, so its default leaves them out),
+    ``mask_variants`` masked copies of every image, encoded once into the latent cache. A folder's parsing maps come
+    from ``parsing_maps``, CelebAMask-HQ's annotations (:class:`tinyldm.data.ImageFolder`).
+
     Returns (the EMA model on the CPU, the trainer); with ``out`` also saves the EMA model there, together with the
     fingerprints of the autoencoder whose latents it learned (and of the text encoder), checked when it is loaded.
     """
     _check_condition(condition)
+    if concat not in ("none", *CONCAT_KINDS):
+        raise ValueError(f"expected concat one of 'none', {', '.join(map(repr, CONCAT_KINDS))}, got {concat!r}")
+    if concat != "none" and condition == "retrieval":
+        raise ValueError(f"concat={concat!r} does not go with condition 'retrieval'")
     train_config = train_config or TrainConfig(steps=8000, batch_size=64, lr=1e-3, warmup_steps=200,
                                                ema_decay=0.999)
     unet, facts = None, {}
@@ -592,17 +617,39 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
         unet.info = {**unet.info, "autoencoder": fingerprint(ae)}  # from here on it works in ae's latents
     schedule = NoiseSchedule(schedule or (ScheduleConfig(**unet.config.schedule) if unet is not None
                                           else ScheduleConfig.ddpm()))
-    if data == "scenes" and image_size == 64 and not flip:
-        latents = course_latents(ae, n_images, max_objects, sizes=sizes, upright=upright)
+    if parsing_maps is not None and data in ("scenes", "faces"):
+        raise ValueError(f"parsing_maps annotate a folder of photos; data {data!r} brings its own part masks")
+    pixels = image_data(data, image_size, n_images, max_objects=max_objects, sizes=sizes, upright=upright,
+                        caption=caption, labels_from_folders=condition == "class", parsing=parsing_maps)
+    if data == "scenes" and image_size == 64 and not flip and concat != "parsing":
+        latents = course_latents(ae, n_images, max_objects, sizes=sizes, upright=upright)  # the same scenes as pixels
         images = latents  # the scenes' labels, captions and attributes are cached with their latents
     else:
         if condition == "retrieval":
             raise ValueError("condition='retrieval' uses the course database of 64 px scenes: data must be 'scenes' "
                              f"at image_size 64, got data={data!r}, image_size={image_size}")
-        images = image_data(data, image_size, n_images, max_objects=max_objects, sizes=sizes, upright=upright,
-                            caption=caption, labels_from_folders=condition == "class")
-        latents = cached_latents(ae, images, flip=flip)
+        if concat != "none" and flip:
+            raise ValueError(f"flip mirrors the images, not their masks or maps: concat={concat!r} trains without it")
+        images = pixels
+        # a parsing model's latents carry their maps (the part masks averaged to the latent grid)
+        latents = (cached_latents(ae, ParsingMaps(pixels, ae.f), keep=("map",)) if concat == "parsing"
+                   else cached_latents(ae, pixels, flip=flip))
     train_set, shape = latents, tuple(latents.shape)
+    concat_condition = None
+    if concat == "inpaint":
+        if masks is None:  # photos come without the object and part masks of the procedural data
+            masks = MaskConfig() if data in ("scenes", "faces") else MaskConfig(object=0)
+        elif masks.object > 0 and data not in ("scenes", "faces"):
+            raise ValueError(f"masks of kind 'object' need the procedural data's object or part masks; {data} is a "
+                             f"folder of photos: give masks with object=0")
+        masked = cached_latents(ae, MaskedImages(pixels, MaskGenerator(masks, train_config.seed), mask_variants, ae.f),
+                                keep=MaskedImages.KEEP)
+        train_set = InpaintingLatents(latents, masked)
+        # the mask and the known latent are never dropped: every sample must respect them
+        concat_condition = ConcatCondition(("mask", "masked_latent"))
+        facts.update(masks=masks.to_dict(), mask_variants=mask_variants, masked=repr(masked))
+    elif concat == "parsing":
+        concat_condition = ConcatCondition(("map",), p_uncond)  # the map is dropped to zeros, to be guided
     n_grid, condition_, cond, null, context_dim = 16, None, None, None, None
     num_classes = None
     if condition == "class":
@@ -634,10 +681,26 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
                      max_similarity=max_similarity,
                      database={"n": len(db), "dim": db.dim, "fingerprint": db.fingerprint,
                                "dataset": db.info.get("dataset"), "course": database is None})
+    if concat_condition is not None:
+        # the grid's extra channels: those of the first training items (a masked scene; a face's map); for inpainting
+        # they are no condition to guide away from, so the null half keeps them
+        grid = default_collate([train_set[i % len(train_set)] for i in range(n_grid)])
+        given = concat_condition.given(*(grid[key] for key in concat_condition.keys))
+        cond, null = {**(cond or {}), **given}, {**(null or {}), **(given if concat == "inpaint" else
+                                                                      concat_condition.null(given))}
+        condition_ = Conditions(condition_, concat_condition) if condition_ is not None else concat_condition
     if hold_out:
         train_set = without_labels(train_set, hold_out)
     needs = unet_needs(condition, shape[0], schedule.config, context_dim, num_classes)
+    if concat != "none":
+        needs["in_channels"] = shape[0] + concat_channels(concat, shape[0])
     if unet is not None:
+        if concat != "none" and concat_kind(unet) is None:
+            print(f"finetuning {init} with {concat} channels: {concat_channels(concat, shape[0])} input channels "
+                  f"added, zero-initialised (the model starts as the base)")
+            unet = inpainting_unet(unet) if concat == "inpaint" else parsing_unet(unet)
+        elif concat_kind(unet) != (None if concat == "none" else concat):
+            raise ValueError(f"{init} has {concat_kind(unet)!r} input channels; this run trains concat={concat!r}")
         if needs["num_classes"] is not None and unet.config.num_classes != needs["num_classes"]:
             print(f"finetuning {init} on {needs['num_classes']} classes (it has {unet.config.num_classes}): a new class "
                   f"table, each row starting as its null label")
@@ -665,6 +728,8 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
     trainer.fit()
     model = (trainer.ema if trainer.ema is not None else trainer.model).cpu().eval()
     # what a loaded file's model.info holds; set here too, so a model used straight away has the same facts
+    if concat != "none":
+        facts["concat"] = concat
     model.info = dict(autoencoder=fingerprint(ae), steps=trainer.step, data=repr(latents),
                       scenes=latents.info["dataset"], source=data, image_size=image_size, flip=flip, frozen=frozen,
                       condition=condition,
@@ -676,3 +741,111 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
         model.save(out, **model.info)
         model.info["path"] = str(out)
     return model, trainer
+
+
+# -- finetuning with masks: the segmenter, and the tests of inpainting and parsing models ------------------------------
+
+def train_segmenter(train_config: TrainConfig | None = None, n_images: int = 50_000, device=None,
+                    out: str | Path | None = None, n_eval: int = 500, init: str | Path | None = None
+                    ) -> tuple[Segmenter, float]:
+    """Train the face-parsing :class:`tinyldm.metrics.Segmenter` on 64 px faces of the stand-in (seed 0) and measure
+    its mean IoU against the true maps of held-out faces (seed 1). Returns (segmenter, mean IoU)."""
+    train_config = train_config or TrainConfig(steps=3000, batch_size=32, lr=2e-3, warmup_steps=50, ema_decay=None)
+    with seeded(train_config.seed):
+        model = Segmenter.load(init) if init is not None else Segmenter(SegmenterConfig())
+    trainer = Trainer(model, segmenter_loss, Faces(size=64, length=n_images, seed=0), train_config, device=device)
+    trainer.fit()
+    model = trainer.model.cpu().eval()
+    held = Faces(size=64, length=n_eval, seed=1)
+    batch = default_collate([held[i] for i in range(n_eval)])
+    result = mean_iou(model.predict(batch["image"]), batch["masks"].argmax(1))
+    if out is not None:
+        model.save(out, miou=round(result["miou"], 4), parts={k: round(v, 4) for k, v in result["parts"].items()},
+                   steps=trainer.step, n_eval=n_eval, init=str(init) if init else None, seed=train_config.seed,
+                   command=_command())
+    return model, result["miou"]
+
+
+# the masks the inpainting test cuts out of held-out images, one row of its table each
+INPAINT_TEST_MASKS = ("object", "boxes", "strokes", "outpaint")
+
+
+def _held_out(model: UNet, n: int) -> tuple[Dataset, str]:
+    """Held-out images (seed 1) of the data a model was trained on: the course scenes or the faces."""
+    source = (getattr(model, "info", None) or {}).get("source", "scenes")
+    size = (getattr(model, "info", None) or {}).get("image_size", 64)
+    if source not in ("scenes", "faces"):
+        raise ValueError(f"the model was trained on {source!r}; its test needs the procedural scenes or faces")
+    return (course_scenes(n, seed=1, size=size) if source == "scenes" else Faces(size=size, length=n, seed=1)), source
+
+
+def _conditions(model: UNet, labels: torch.Tensor, captions: Sequence[str], text_encoder=None):
+    """The (cond, null) model inputs that ask ``model`` for these labels or captions (None, None: unconditional)."""
+    if model.config.num_classes is not None:
+        condition = LabelCondition(model.config.num_classes)
+        return condition.given(labels), condition.null(len(labels))
+    if model.config.context_dim is not None:
+        if text_encoder is None:
+            raise ValueError("this UNet is text-conditional: pass the text_encoder it was trained with")
+        condition = TextCondition(text_encoder)
+        return condition.given(list(captions)), condition.null(len(captions))
+    return None, None
+
+
+@torch.no_grad()
+def inpainting_test(model: UNet, base: UNet, ae: Autoencoder, judge: Judge, n: int = 64,
+                    kinds: Sequence[str] = INPAINT_TEST_MASKS, methods: Sequence[str] = METHODS, s: float = 3.0,
+                    steps: int = 20, seed: int = 1, jump: int = 5, resample: int = 5, text_encoder=None,
+                    device=None, progress: bool = False, images: dict | None = None) -> dict:
+    """The inpainting model against the training-free baselines on the same holes, guidance and base model.
+
+    ``n`` held-out images (seed 1) of the data ``model`` was trained on; for each mask kind of ``kinds`` a hole of
+    that kind in each image (:class:`tinyldm.data.MaskGenerator` with ``seed``), filled by each method of ``methods``:
+    ``"model"`` (the inpainting model), ``"blend"`` and ``"repaint"`` (``base``, the plain model, forced to the known
+    part), each asked for the image's own class (or caption) with guidance ``s``, DDIM with ``steps``. Returns
+    ``{kind: {method: scores}}`` with the scores of :func:`tinyldm.inpaint.inpainting_scores` against the true
+    images: error in the hole in pixels and in the judge's features, the seam, and for a scene's object cut out,
+    whether the judge reads the asked shape and colour in the fill; plus ``evals``, model evaluations per image.
+    ``images``: a dict that receives the pictures, ``images[kind]`` = {"truth", "mask", and one entry per method}."""
+    held, source = _held_out(model, n)
+    items = [held[i] for i in range(n)]
+    x = torch.stack([it["image"] for it in items])
+    labels = torch.tensor([it["label"] for it in items])
+    table: dict = {}
+    for kind in kinds:
+        generator = MaskGenerator(MaskConfig.only(kind), seed=seed)
+        masks = torch.stack([generator(i, item=it) for i, it in enumerate(items)])
+        asked = class_attributes(labels) if kind == "object" and source == "scenes" else None
+        table[kind] = {}
+        for method in methods:
+            net = model if method == "model" else base
+            cond, null = _conditions(net, labels, [it["caption"] for it in items], text_encoder)
+            result = inpaint(net, ae, x, masks, cond, null, s=s, method=method, sampler=DDIM(net.schedule, steps),
+                             seed=seed, jump=jump, resample=resample, device=device, progress=progress)
+            table[kind][method] = {**inpainting_scores(result.images, x, masks, judge, asked), "evals": result.evals}
+            if images is not None:
+                images.setdefault(kind, {"truth": x, "mask": masks})[method] = result.images
+    return table
+
+
+@torch.no_grad()
+def parsing_test(model: UNet, ae: Autoencoder, segmenter: Segmenter, n: int = 256, s: float = 3.0, steps: int = 20,
+                 seed: int = 1, device=None) -> dict:
+    """How closely a mask-conditioned face model follows its maps: ``n`` held-out faces (seed 1) give their parsing
+    maps (and, for a class model, their labels); the model draws a face for each map (guided with ``s``, DDIM with
+    ``steps``); the segmenter reads the parts of the samples and of the real faces, each against the true maps.
+    Returns ``{"n", "samples": mean_iou(...), "real": mean_iou(...), "ratio"}``: ratio 1 means the samples follow
+    their maps as well as the real faces (as far as the segmenter can tell)."""
+    held, source = _held_out(model, n)
+    if source != "faces":
+        raise ValueError("the parsing test needs a model trained on the faces (their part masks are its maps)")
+    batch = default_collate([held[i] for i in range(n)])
+    latent = ae.latent_shape(tuple(batch["image"].shape))[1:]
+    maps = parsing_map(batch["masks"], latent[1:])
+    cond, null = _conditions(model, batch["label"], batch["caption"])
+    cond, null = {**(cond or {}), "concat": maps}, {**(null or {}), "concat": torch.zeros_like(maps)}
+    samples = generate(model, ae, cond, null, s=s, sampler=DDIM(model.schedule, steps), seed=seed,
+                       latent_shape=latent, device=device)
+    target = batch["masks"].argmax(1)
+    got, real = mean_iou(segmenter.predict(samples), target), mean_iou(segmenter.predict(batch["image"]), target)
+    return {"n": n, "s": s, "samples": got, "real": real, "ratio": got["miou"] / real["miou"]}

@@ -18,7 +18,10 @@ How the conditioning enters:
 * a context ``[b, L, context_dim]`` (``context_dim``): CLIP text hidden states ``[b, 77, 768]``, retrieved
   neighbours ``[b, k, d]``, ...; every transformer block cross-attends to it, ``context_mask`` ``[b, L]`` (True =
   attend) hides padding tokens.
-* extra input channels (inpainting's mask and masked-image latent): :meth:`UNet.with_extra_input_channels`.
+* channels concatenated to x_t (``concat`` ``[b, k, h, w]``, LDM's "c_concat"): inpainting's mask and
+  masked-image latent, or a face-parsing map resized to the latent grid. A base model gets the k input channels by
+  :meth:`UNet.with_extra_input_channels` (zero-initialised: it computes what the base computes); see
+  :mod:`tinyldm.inpaint`.
 
 Initialisation: the last conv of every res block, the output projection of every transformer block and the final
 conv are zero, so each block starts as its skip connection and the untrained model predicts eps = 0 (exactly).
@@ -456,14 +459,19 @@ class UNet(SavableModel, nn.Module):
 
     # -- the forward pass ---------------------------------------------------------------------
     def forward(self, x_t: torch.Tensor, t: int | float | torch.Tensor, y: torch.Tensor | None = None,
-                context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
+                context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
+                concat: torch.Tensor | None = None) -> torch.Tensor:
         """Predict eps ``[b, out, h, w]`` from x_t ``[b, in, h, w]`` at time t.
 
         t: a number (the same t for the whole batch) or a tensor ``[b]``. y: class labels ``[b]`` (int64) in
         0..num_classes, num_classes being the null label; ``None`` means the null label for the whole batch.
         context: ``[b, L, context_dim]``, required by a model with ``context_dim``. context_mask: ``[b, L]`` bool,
-        True = attend, at least one True per row.
+        True = attend, at least one True per row. concat: ``[b, in - out, h, w]``, the extra input channels of a model
+        made by :meth:`with_extra_input_channels` (inpainting's [mask, masked-image latent], a parsing map): the
+        network sees ``[x_t, concat]`` along the channels, while eps and the eps skip concern x_t alone.
         """
+        if concat is not None:
+            x_t = self._with_concat(x_t, concat)
         t, y = self._check_inputs(x_t, t, y, context, context_mask)
         # timestep_offset: SD's weights learned the embedding of diffusers' k = t - 1 (UNetConfig.timestep_offset)
         emb = timestep_embedding(t - self.config.timestep_offset, self.config.base_channels)
@@ -495,11 +503,27 @@ class UNet(SavableModel, nn.Module):
             return checkpoint(block, h, emb, context, context_mask, use_reentrant=False)
         return block(h, emb, context, context_mask)
 
+    def _with_concat(self, x_t: torch.Tensor, concat: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        k = cfg.in_channels - cfg.out_channels
+        if k < 1:
+            raise ValueError(f"this model has no extra input channels (in_channels = out_channels = "
+                             f"{cfg.in_channels}) and takes no concat; make one with with_extra_input_channels(k)")
+        if concat.ndim != 4 or x_t.ndim != 4 or concat.shape[1] != k or concat.shape[0] != x_t.shape[0] \
+                or concat.shape[2:] != x_t.shape[2:]:
+            raise ValueError(f"expected x_t [b, {cfg.out_channels}, h, w] and concat [b, {k}, h, w] (in_channels "
+                             f"{cfg.in_channels} = {cfg.out_channels} + {k}), got x_t {list(x_t.shape)} and concat "
+                             f"{list(concat.shape)}")
+        return torch.cat([x_t, concat.to(x_t.dtype)], dim=1)
+
     def _check_inputs(self, x_t, t, y, context, context_mask) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Raise ValueError naming expected and actual for bad inputs; return t ``[b]`` and y ``[b]`` (or None)."""
         cfg = self.config
         if x_t.ndim != 4 or x_t.shape[1] != cfg.in_channels:
-            raise ValueError(f"expected x_t [b, {cfg.in_channels}, h, w], got shape {list(x_t.shape)}")
+            more = cfg.in_channels - cfg.out_channels
+            also = (f" (or x_t [b, {cfg.out_channels}, h, w] with concat [b, {more}, h, w], the extra input "
+                    f"channels)") if more > 0 else ""
+            raise ValueError(f"expected x_t [b, {cfg.in_channels}, h, w]{also}, got shape {list(x_t.shape)}")
         b, _, h, w = x_t.shape
         if h % cfg.downsample or w % cfg.downsample:
             raise ValueError(f"x_t height and width must be multiples of {cfg.downsample} "

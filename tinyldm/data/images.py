@@ -18,9 +18,63 @@ from torch.utils.data import Dataset
 from .scenes import DataError
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "TorchvisionImages", "to_tensor_image", "to_pil_image",
-           "resize_center_crop", "prepare_image", "random_crops"]
+           "resize_center_crop", "prepare_image", "random_crops", "CELEBAMASK_HQ_CLASSES", "CELEBAMASK_HQ_PARTS",
+           "read_parsing_map"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+# CelebAMask-HQ's 19 classes, in the order of its label images' values (its g_mask.py draws the per-part annotations
+# in this order, later parts over earlier ones) ...
+CELEBAMASK_HQ_CLASSES = ("background", "skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear",
+                         "r_ear", "mouth", "u_lip", "l_lip", "hair", "hat", "ear_r", "neck_l", "neck", "cloth")
+# ... and the part of the face stand-in's PARTS each becomes (left and right merged; ears and neck are skin, clothes
+# and jewellery background, as in the stand-in; a hat covers the hair)
+CELEBAMASK_HQ_PARTS = {"background": "background", "skin": "skin", "nose": "nose", "eye_g": "glasses",
+                       "l_eye": "eyes", "r_eye": "eyes", "l_brow": "brows", "r_brow": "brows", "l_ear": "skin",
+                       "r_ear": "skin", "mouth": "mouth", "u_lip": "mouth", "l_lip": "mouth", "hair": "hair",
+                       "hat": "hair", "ear_r": "background", "neck_l": "background", "neck": "skin",
+                       "cloth": "background"}
+
+
+def _parsing_index(root: Path) -> dict[str, list[Path]]:
+    """A folder of face-parsing annotations: image stem -> its files. Either one label image per photo (``0.png``,
+    values = CELEBAMASK_HQ_CLASSES indices) or CelebAMask-HQ's per-part masks (``00000_hair.png``, in subfolders)."""
+    index: dict[str, list[Path]] = {}
+    for p in sorted(root.rglob("*.png")):
+        stem, _, part = p.stem.partition("_")
+        if part and part in CELEBAMASK_HQ_CLASSES:
+            index.setdefault(str(int(stem)) if stem.isdigit() else stem, []).append(p)
+        elif not part:
+            index.setdefault(str(int(stem)) if stem.isdigit() else stem, []).insert(0, p)
+    return index
+
+
+def _read_label_image(path: Path, size: int) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            return np.asarray(resize_center_crop(image.convert("L"), size, Image.Resampling.NEAREST)).astype(np.int64)
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read parsing map {path}: {e}") from e
+
+
+def read_parsing_map(files: Sequence[Path], size: int) -> torch.Tensor:
+    """A face's part masks float32 ``[NUM_PARTS, size, size]`` (one-hot, in the stand-in's PARTS) from its
+    annotation: a label image (CelebAMask-HQ's class indices), or CelebAMask-HQ's per-part binary masks, drawn in its
+    class order (later classes on top); resized like its photo (square, nearest)."""
+    from .faces import PARTS
+
+    label_images = [p for p in files if not p.stem.partition("_")[2]]
+    if label_images:
+        labels = _read_label_image(label_images[0], size)
+        if labels.max() >= len(CELEBAMASK_HQ_CLASSES):
+            raise DataError(f"{label_images[0]}: label values up to {labels.max()}, expected CelebAMask-HQ's class "
+                            f"indices 0..{len(CELEBAMASK_HQ_CLASSES) - 1}")
+    else:
+        labels = np.zeros((size, size), np.int64)
+        for path in sorted(files, key=lambda p: CELEBAMASK_HQ_CLASSES.index(p.stem.partition("_")[2])):
+            labels[_read_label_image(path, size) > 127] = CELEBAMASK_HQ_CLASSES.index(path.stem.partition("_")[2])
+    to_part = torch.tensor([PARTS.index(CELEBAMASK_HQ_PARTS[c]) for c in CELEBAMASK_HQ_CLASSES])
+    return torch.nn.functional.one_hot(to_part[torch.from_numpy(labels)], len(PARTS)).permute(2, 0, 1).float()
 
 
 def _check_image_size(size: Any) -> int:
@@ -73,17 +127,18 @@ def to_pil_image(image: Image.Image | np.ndarray | torch.Tensor) -> Image.Image:
     return Image.fromarray(pixels.to(torch.uint8).permute(1, 2, 0).numpy(), mode="RGB")
 
 
-def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
-    """Scale so the shorter side is ``size`` (bicubic, antialiased when shrinking)
-    and crop the centre ``size x size`` square; returns an RGB image."""
+def resize_center_crop(image: Image.Image, size: int,
+                       resample: Image.Resampling = Image.Resampling.BICUBIC) -> Image.Image:
+    """Scale so the shorter side is ``size`` (bicubic, antialiased when shrinking; ``resample=NEAREST`` for label
+    maps) and crop the centre ``size x size`` square; returns an RGB image (a label map keeps its mode)."""
     image = ImageOps.exif_transpose(image)  # phone photos store rotation in EXIF
-    if image.mode != "RGB":
+    if image.mode != "RGB" and resample != Image.Resampling.NEAREST:
         image = image.convert("RGB")
     w, h = image.size
     side = min(w, h)
     # Resizing just the central square is the same as resize-then-crop, in one pass.
     box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
-    return image.resize((size, size), Image.Resampling.BICUBIC, box=box)
+    return image.resize((size, size), resample, box=box)
 
 
 def prepare_image(image: Image.Image | np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
@@ -105,11 +160,16 @@ class ImageFolder(Dataset):
 
     Label 0 and the empty caption make a plain folder batch like ``Scenes`` for
     unconditional training.
+
+    * masks (with ``parsing``, a folder of face-parsing annotations in CelebAMask-HQ's formats: a label image per
+      photo with the same name, ``0.png`` for ``0.jpg``, or its per-part masks ``00000_hair.png``): the face's part
+      masks float32 [8, size, size] in the stand-in's ``PARTS`` (see ``CELEBAMASK_HQ_PARTS``), as ``Faces`` gives
+      them, for mask-conditioned training (:mod:`tinyldm.inpaint`).
     """
 
     def __init__(self, root: str | Path, size: int,
                  extensions: Sequence[str] = IMAGE_EXTENSIONS, caption: str = "",
-                 labels_from_folders: bool = False):
+                 labels_from_folders: bool = False, parsing: str | Path | None = None):
         self.size = _check_image_size(size)
         self.default_caption, self.labels_from_folders = caption, labels_from_folders
         if isinstance(extensions, str):
@@ -141,6 +201,17 @@ class ImageFolder(Dataset):
                                 f"named by its class, got {len(loose)} images directly in it"
                                 + (f" (e.g. {loose[0].name})" if loose else "") + f" and {len(self.classes)} "
                                 f"subfolders")
+        self.parsing = Path(parsing) if parsing is not None else None
+        if self.parsing is not None:
+            if not self.parsing.is_dir():
+                raise DataError(f"parsing maps folder {self.parsing} does not exist")
+            self._maps = _parsing_index(self.parsing)
+            key = lambda p: str(int(p.stem)) if p.stem.isdigit() else p.stem  # noqa: E731  00042.jpg = 42.png
+            missing = [p for p in self.paths if key(p) not in self._maps]
+            if missing:
+                raise DataError(f"{len(missing)} of the {len(self.paths)} images have no parsing map in "
+                                f"{self.parsing} (e.g. {missing[0].name}: expected {key(missing[0])}.png or "
+                                f"{int(missing[0].stem) if missing[0].stem.isdigit() else missing[0].stem}_<part>.png)")
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -156,14 +227,19 @@ class ImageFolder(Dataset):
         sidecar = path.with_suffix(".txt")
         caption = sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else self.default_caption
         label = self.classes.index(path.relative_to(self.root).parts[0]) if self.labels_from_folders else 0
-        return {"image": tensor, "label": label, "caption": caption, "path": str(path)}
+        item = {"image": tensor, "label": label, "caption": caption, "path": str(path)}
+        if self.parsing is not None:
+            stem = str(int(path.stem)) if path.stem.isdigit() else path.stem
+            item["masks"] = read_parsing_map(self._maps[stem], self.size)
+        return item
 
     def __repr__(self) -> str:
         # the cache key of its latents: the files (count, first and last) and how they are read
         first, last = (p.relative_to(self.root) for p in (self.paths[0], self.paths[-1]))
         return (f"ImageFolder({str(self.root)!r}, size={self.size}, n={len(self)}, first={str(first)!r}, "
                 f"last={str(last)!r}, caption={self.default_caption!r}, "
-                f"labels_from_folders={self.labels_from_folders})")
+                f"labels_from_folders={self.labels_from_folders}"
+                + (f", parsing={str(self.parsing)!r}" if self.parsing is not None else "") + ")")
 
 
 class TorchvisionImages(Dataset):
