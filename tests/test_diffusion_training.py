@@ -203,6 +203,32 @@ def test_min_snr_weighting_by_hand():
         EpsLoss(schedule, snr_gamma=0)
 
 
+def test_x0_weighting_by_hand_is_the_x0_error_where_noise_dominates():
+    schedule = NoiseSchedule()
+    model = perturbed(UNet(UNetConfig.tiny()), scale=0.05)
+    x_0 = torch.randn(16, 4, 8, 8)
+    loss, _ = EpsLoss(schedule, x0_cap=20.0)(model, {"latent": x_0}, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    t = schedule.sample_t(16, generator=g)
+    eps = torch.randn(x_0.shape, generator=g)
+    x_t = schedule.q_sample(x_0, t, eps)
+    with torch.no_grad():
+        eps_hat = model(x_t, t)
+    per_item = ((eps - eps_hat) ** 2).mean(dim=(1, 2, 3))
+    ab = schedule.alpha_bar[t]
+    x0_error = ((x_0 - (x_t - (1 - ab).sqrt().view(-1, 1, 1, 1) * eps_hat) / ab.sqrt().view(-1, 1, 1, 1)) ** 2
+                ).mean(dim=(1, 2, 3))  # the x_0 that eps_hat implies, against the true one
+    weight = ((1 - ab) / ab).clamp(1, 20)
+    torch.testing.assert_close(loss.detach(), (weight * per_item).mean())
+    between = (weight > 1) & (weight < 20)  # there the weighted eps error is exactly the x_0 error
+    assert between.any()
+    torch.testing.assert_close(weight[between] * per_item[between], x0_error[between], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="give one of them"):
+        EpsLoss(schedule, snr_gamma=5.0, x0_cap=20.0)
+    with pytest.raises(ValueError, match="x0_cap must be None or >= 1"):
+        EpsLoss(schedule, x0_cap=0.5)
+
+
 def test_train_diffusion_goes_on_from_a_saved_unet(tmp_path, monkeypatch):
     monkeypatch.setattr("tinyldm.recipes.BUILD_DIR", tmp_path)
     ae = Autoencoder(AutoencoderConfig.tiny())

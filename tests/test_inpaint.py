@@ -428,3 +428,26 @@ def test_a_parsing_model_trains_on_a_folder_of_annotated_photos(build):
     with pytest.raises(ValueError, match="masks of kind 'object' need the procedural data"):
         train_diffusion(ae, preset="tiny", data=str(root / "img"), image_size=32, train_config=tc, concat="inpaint",
                         masks=MaskConfig())
+
+
+def test_the_cli_trains_a_segmenter_and_evaluates_a_parsing_model(build, capsys, monkeypatch):
+    import tinyldm.recipes as recipes
+    from tinyldm.metrics import Segmenter as RealSegmenter
+
+    # a segmenter of two narrow levels: the command's recipe, at a size a test affords
+    monkeypatch.setattr(recipes, "Segmenter", lambda config: RealSegmenter(SegmenterConfig(widths=(4, 8))))
+    assert main(["train-segmenter", "--steps", "2", "--batch-size", "4", "--run-dir", str(build / "s")]) == 0
+    assert "mean IoU" in capsys.readouterr().out
+    segmenter = Segmenter.load(build / "s" / "model.safetensors")
+    assert segmenter.info["steps"] == 2 and set(segmenter.info["parts"]) <= set(PARTS)
+    ae = tiny_ae()
+    ae.save(build / "ae.safetensors")
+    assert main(["train-diffusion", "--preset", "tiny", "--data", "faces", "--concat", "parsing", "--condition",
+                 "class", "--autoencoder", str(build / "ae.safetensors"), "--steps", "2", "--batch-size", "4",
+                 "--n-images", "8", "--sample-every", "0", "--run-dir", str(build / "p"),
+                 "--out", str(build / "parsing.safetensors")]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(build / "parsing.safetensors"), "--autoencoder", str(build / "ae.safetensors"),
+                 "--segmenter", str(build / "s" / "model.safetensors"), "--n", "4", "--steps", "2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 4 and 0 <= result["samples"]["miou"] <= 1 and result["ratio"] >= 0

@@ -196,7 +196,8 @@ def _cmd_train_diffusion(args) -> int:
                                      train_config=tc, run_dir=args.run_dir, resume=not args.restart,
                                      device=args.device, out=_out(args), sample_every=args.sample_every,
                                      condition=args.condition, text_encoder=text_encoder, p_uncond=args.p_uncond,
-                                     hold_out=hold_out, snr_gamma=args.snr_gamma, init=args.init,
+                                     hold_out=hold_out, snr_gamma=args.snr_gamma, x0_cap=args.x0_cap,
+                                     init=args.init,
                                      sizes=_names(args.sizes, "--sizes"), upright=args.upright,
                                      image_encoder=image_encoder, k=args.k, database=database,
                                      data=_data(args), image_size=args.image_size, flip=args.flip,
@@ -498,6 +499,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --condition retrieval: scenes in the course database (disjoint from the training set)")
     p.add_argument("--snr-gamma", type=float, default=None,
                    help="Min-SNR loss weighting with this gamma (e.g. 5); default: the plain loss of Algorithm 1")
+    p.add_argument("--x0-cap", type=float, default=None,
+                   help="weight the loss by clamp(1 / snr_t, 1, X0_CAP): the error of the implied x_0 where noise "
+                        "dominates (e.g. 20; what an inpainting finetune needs to learn the layout at high noise)")
     p.add_argument("--hold-out", default="", help="class labels to leave out of training, e.g. 16,22")
     p.add_argument("--init", default=None,
                    help="go on training this saved UNet (fresh optimizer and lr schedule; its file sets the network)")
@@ -523,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("train-segmenter", help="train the face-parsing segmenter that scores mask-conditioned faces")
     p.add_argument("--init", default=None, help="go on training this saved segmenter")
-    _run_flags(p, "segmenter", steps=3000, batch_size=32, lr=2e-3)
+    _run_flags(p, "segmenter", steps=2000, batch_size=32, lr=2e-3)
     p.set_defaults(fn=_cmd_train_segmenter)
 
     p = sub.add_parser("train-text-encoder", help="train the offline CLIP-style text encoder on scene captions")

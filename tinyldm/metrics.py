@@ -186,7 +186,7 @@ SEGMENTER_KIND = "segmenter"
 @dataclass(frozen=True)
 class SegmenterConfig:
     image_size: int = 64  # inputs of other sizes are resized to this; the map comes back at the input's size
-    widths: tuple[int, ...] = (24, 48, 96)  # one level each, at image_size / 2**level
+    widths: tuple[int, ...] = (16, 32, 64)  # one level each, at image_size / 2**level
     num_parts: int = NUM_PARTS
 
     def __post_init__(self):

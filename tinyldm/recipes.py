@@ -549,7 +549,7 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
                     run_dir: str | Path | None = None, resume: bool = True, device=None,
                     out: str | Path | None = None, sample_every: int = 0, condition: str = "none",
                     text_encoder=None, p_uncond: float = 0.1, hold_out: Sequence[int] = (),
-                    snr_gamma: float | None = None, init: str | Path | None = None,
+                    snr_gamma: float | None = None, init: str | Path | None = None, x0_cap: float | None = None,
                     sizes: Sequence[str] = COURSE_SCENES["sizes"],
                     upright: bool = COURSE_SCENES["upright"], image_encoder: ImageEncoder | None = None,
                     k: int = 4, database: Database | None = None, exclude_self: bool = False,
@@ -563,8 +563,8 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
     ``condition``: "none" (unconditional, ``model(x_t, t)``), "class" (class labels y, with a null label) or
     "text" (captions through the frozen ``text_encoder``, by cross-attention). Conditional models drop y to
     null with probability ``p_uncond`` so they can be guided. ``schedule``: the noise schedule (default DDPM's
-    linear one), saved in the UNet's config so that sampling uses it. ``snr_gamma``: Min-SNR loss weighting (see
-    EpsLoss). ``hold_out``: class labels (shape-colour pairs) left out of training, to test generalisation to new
+    linear one), saved in the UNet's config so that sampling uses it. ``snr_gamma``: Min-SNR loss weighting;
+    ``x0_cap``: the x_0 error where noise dominates (see EpsLoss). ``hold_out``: class labels (shape-colour pairs) left out of training, to test generalisation to new
     combinations. ``sizes`` / ``upright``: which scenes to learn (see :class:`tinyldm.data.Scenes`; default:
     ``COURSE_SCENES``). ``init``: go on training a saved UNet (its file gives the network; ``preset`` is then not used)
     with a fresh optimizer and lr schedule. The recipe's UNets use the eps skip (see :class:`tinyldm.unet.UNet`).
@@ -721,8 +721,8 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
     unet.gradient_checkpointing = gradient_checkpointing  # recompute activations in the backward pass: less memory
     callbacks = list(callbacks) + ([SampleGrids(ae, schedule, Path(run_dir) / "samples", sample_every, shape, n_grid,
                                                 cond=cond, null=null)] if sample_every and run_dir is not None else [])
-    trainer = Trainer(unet, EpsLoss(schedule, condition=condition_, snr_gamma=snr_gamma), train_set, train_config,
-                      out_dir=run_dir, resume=resume, device=device, callbacks=callbacks)
+    trainer = Trainer(unet, EpsLoss(schedule, condition=condition_, snr_gamma=snr_gamma, x0_cap=x0_cap), train_set,
+                      train_config, out_dir=run_dir, resume=resume, device=device, callbacks=callbacks)
     if trainer.step:
         print(f"resuming {run_dir} at step {trainer.step}")
     trainer.fit()
@@ -733,7 +733,7 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
     model.info = dict(autoencoder=fingerprint(ae), steps=trainer.step, data=repr(latents),
                       scenes=latents.info["dataset"], source=data, image_size=image_size, flip=flip, frozen=frozen,
                       condition=condition,
-                      p_uncond=p_uncond, hold_out=list(hold_out), snr_gamma=snr_gamma,
+                      p_uncond=p_uncond, hold_out=list(hold_out), snr_gamma=snr_gamma, x0_cap=x0_cap,
                       init=str(init) if init is not None else None, **facts,
                       final_loss=sum(h["loss"] for h in trainer.history[-100:]) / max(1, len(trainer.history[-100:])),
                       seed=train_config.seed, command=_command())
@@ -750,7 +750,7 @@ def train_segmenter(train_config: TrainConfig | None = None, n_images: int = 50_
                     ) -> tuple[Segmenter, float]:
     """Train the face-parsing :class:`tinyldm.metrics.Segmenter` on 64 px faces of the stand-in (seed 0) and measure
     its mean IoU against the true maps of held-out faces (seed 1). Returns (segmenter, mean IoU)."""
-    train_config = train_config or TrainConfig(steps=3000, batch_size=32, lr=2e-3, warmup_steps=50, ema_decay=None)
+    train_config = train_config or TrainConfig(steps=2000, batch_size=32, lr=2e-3, warmup_steps=50, ema_decay=None)
     with seeded(train_config.seed):
         model = Segmenter.load(init) if init is not None else Segmenter(SegmenterConfig())
     trainer = Trainer(model, segmenter_loss, Faces(size=64, length=n_images, seed=0), train_config, device=device)

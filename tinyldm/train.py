@@ -91,14 +91,24 @@ class EpsLoss:
     ``snr_gamma`` (off by default, so line 5 is the paper's): Min-SNR weighting (Hang et al. 2023), each item's
     squared error times min(snr_t, gamma) / snr_t. It stops the many easy low-noise steps (snr_t > gamma) from
     dominating the gradient, so the mid-noise steps, where shapes are decided, train faster.
+
+    ``x0_cap`` (off by default): each item's squared error times clamp(1 / snr_t, 1, x0_cap). Where noise dominates
+    (snr_t < 1), ||eps - eps_theta||^2 / snr_t is the error of the x_0 that eps_theta implies, so the loss there
+    asks for a right x_0 (capped at x0_cap times the eps error), not only a right eps: an eps error of e at
+    alpha_bar_t ~ 0 is an x_0 error of e / sqrt(snr_t). What is decided at high noise (the layout; for an inpainting
+    model, that the fill continues the known part) otherwise weighs almost nothing in the plain loss.
     """
 
     def __init__(self, schedule: NoiseSchedule | None = None, x_key: str = "latent", condition=None,
-                 snr_gamma: float | None = None):
+                 snr_gamma: float | None = None, x0_cap: float | None = None):
         if snr_gamma is not None and not snr_gamma > 0:
             raise ValueError(f"snr_gamma must be None or > 0, got {snr_gamma}")
+        if x0_cap is not None and not x0_cap >= 1:
+            raise ValueError(f"x0_cap must be None or >= 1, got {x0_cap}")
+        if snr_gamma is not None and x0_cap is not None:
+            raise ValueError("snr_gamma and x0_cap are two weightings of the loss: give one of them")
         self.schedule = schedule or NoiseSchedule()
-        self.x_key, self.condition, self.snr_gamma = x_key, condition, snr_gamma
+        self.x_key, self.condition, self.snr_gamma, self.x0_cap = x_key, condition, snr_gamma, x0_cap
 
     def __call__(self, model: nn.Module, batch: dict, generator: torch.Generator):
         x_0 = batch[self.x_key]                                                     # line 2
@@ -109,10 +119,13 @@ class EpsLoss:
         y = self.condition(batch, generator) if self.condition is not None else {}
         x_t = self.schedule.q_sample(x_0, t, eps)  # sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps
         error = (eps - model(x_t, t, **y).float()).pow(2)  # line 5 (in fp32 also under bf16 autocast)
-        if self.snr_gamma is None:
+        if self.snr_gamma is None and self.x0_cap is None:
             return error.mean(), {}
         snr = self.schedule.snr(t)
-        weight = snr.clamp(max=self.snr_gamma) / snr  # Min-SNR: 1 where snr_t <= gamma, gamma / snr_t above
+        if self.snr_gamma is not None:
+            weight = snr.clamp(max=self.snr_gamma) / snr  # Min-SNR: 1 where snr_t <= gamma, gamma / snr_t above
+        else:
+            weight = (1 / snr).clamp(1, self.x0_cap)  # the x_0 error where noise dominates, capped
         return (weight.view(-1, *[1] * (error.ndim - 1)) * error).mean(), {}
 
 
