@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: course test lab unit notebooks-fast setup clean
+.PHONY: course test lab unit notebooks-fast notebooks-solved setup clean
 
 # Create the environment and install tinyldm with its test extras (pip's output goes to build/setup.log).
 $(STAMP): pyproject.toml
@@ -22,14 +22,21 @@ setup: $(STAMP)
 course: $(STAMP)
 	$(BIN)/tinyldm course $(NOTEBOOKS)
 
-# Run all the tests: unit tests, then every notebook under nbval in fast mode.
-test: unit notebooks-fast
+# Run all the tests: unit tests, then every notebook under nbval in fast mode, as learners get it (exercise stubs)
+# and with the reference solutions filled in (solutions/). The checks' results go to their own file, not to yours.
+test: unit notebooks-fast notebooks-solved
 
 unit: $(STAMP)
 	TINYLDM_FAST=1 $(BIN)/python -m pytest -q tests
 
 notebooks-fast: $(STAMP)
-	TINYLDM_FAST=1 $(BIN)/python -m pytest -q --nbval-lax -p no:cacheprovider $(NOTEBOOKS)
+	TINYLDM_FAST=1 TINYLDM_PROGRESS=$(CURDIR)/build/test-exercises.json $(BIN)/python -m pytest -q --nbval-lax \
+		-p no:cacheprovider $(NOTEBOOKS)
+
+notebooks-solved: $(STAMP)
+	$(BIN)/tinyldm exercises solve $(NOTEBOOKS) --out build/solved > /dev/null
+	TINYLDM_FAST=1 TINYLDM_PROGRESS=$(CURDIR)/build/test-exercises.json $(BIN)/python -m pytest -q --nbval-lax \
+		-p no:cacheprovider build/solved/*.ipynb
 
 # Open the notebooks in JupyterLab instead.
 lab: $(STAMP)

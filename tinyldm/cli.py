@@ -11,6 +11,8 @@
                                          against the training-free baselines; a parsing model: the IoU of its maps)
     tinyldm convert-sd SD --out DIR      Stable Diffusion v1 weights as tinyldm's own UNet and autoencoder files
     tinyldm export-sd [options]          a tinyldm UNet and autoencoder in Stable Diffusion's layouts
+    tinyldm exercises list|progress      the course's exercises, and which of yours pass
+    tinyldm exercises solve|reset NB...  copies of notebooks with the reference solutions; stubs back in place
     tinyldm info FILE                    what a tinyldm .safetensors file holds
 
 Each training command writes its model file into its run folder (``--run-dir``, under ``build/runs/``) unless
@@ -398,6 +400,26 @@ def _evaluate_concat(args, unet, ae) -> int:
     return 0
 
 
+def _cmd_exercises(args) -> int:
+    from .exercises import EXERCISES, progress
+    from .exercises.notebooks import reset, solve
+
+    if args.action == "list":
+        for name, ex in EXERCISES.items():
+            print(f"{name:<26} {ex.title}")
+    elif args.action == "progress":
+        progress()
+    elif not args.notebooks:
+        raise UsageError(f"exercises {args.action} needs the notebooks to work on, e.g. notebooks/*.ipynb")
+    elif args.action == "solve":
+        for path in args.notebooks:
+            print(f"{path} -> {solve(path, args.out)}")
+    else:  # reset
+        for path in args.notebooks:
+            print(f"{path}: {reset(path)} exercise cells back to their stubs")
+    return 0
+
+
 def _rounded(value):
     """Shares to 4 decimals, in nested dicts, for printing."""
     if isinstance(value, dict):
@@ -573,6 +595,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layout", choices=["compvis", "diffusers"], default="diffusers")
     p.add_argument("--out", required=True, help="a .safetensors file (compvis) or a folder (diffusers)")
     p.set_defaults(fn=_cmd_export_sd)
+
+    p = sub.add_parser("exercises", help="the course's exercises: list them, show your progress, or (instructors) "
+                                         "fill the solutions into copies of the notebooks, or put the stubs back")
+    p.add_argument("action", choices=["list", "progress", "solve", "reset"])
+    p.add_argument("notebooks", nargs="*", help="solve / reset: the notebooks")
+    p.add_argument("--out", default=str(BUILD_DIR / "solved"), help="solve: the folder for the solved copies")
+    p.set_defaults(fn=_cmd_exercises)
 
     p = sub.add_parser("info", help="describe a tinyldm .safetensors file")
     p.add_argument("file")
