@@ -153,3 +153,37 @@ def test_bad_condition_arguments():
 def test_text_condition_wants_a_list(encoder):
     with pytest.raises(ValueError, match="wrap it in a list"):
         TextCondition(encoder).given("a red star")
+
+
+class CountingEncoder(torch.nn.Module):
+    """Prompts -> [b, 3, 2] states made from their lengths; counts the prompts it encodes."""
+
+    dim = 2
+
+    def __init__(self, trainable=False):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1), requires_grad=trainable)
+        self.encoded = []
+
+    def encode(self, prompts):
+        self.encoded += list(prompts)
+        lengths = torch.tensor([float(len(p)) for p in prompts])
+        return (lengths.view(-1, 1, 1) * self.w).expand(-1, 3, 2).clone(), torch.ones(len(prompts), 3, dtype=torch.bool)
+
+
+def test_a_frozen_text_encoder_encodes_each_prompt_once():
+    encoder = CountingEncoder()
+    condition = TextCondition(encoder, p_uncond=0.5)
+    first = condition.given(["a red star", "", "a red star"])
+    again = condition.given(["", "a blue circle", "a red star"])
+    assert encoder.encoded == ["a red star", "", "a blue circle"]  # each new prompt once
+    torch.testing.assert_close(again["context"][2], first["context"][0])
+    torch.testing.assert_close(again["context"][1], torch.full((3, 2), 13.0))
+    small = TextCondition(CountingEncoder(), cache=1)
+    small.given(["a", "b"])
+    small.given(["a"])
+    assert small.encoder.encoded == ["a", "b", "a"]  # a cache of one prompt keeps the last one only
+    trained = TextCondition(CountingEncoder(trainable=True))
+    trained.given(["a"])
+    trained.given(["a"])
+    assert trained.encoder.encoded == ["a", "a"]  # an encoder that trains is never cached

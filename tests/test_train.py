@@ -196,3 +196,26 @@ def test_worker_processes_give_the_same_run_as_the_main_process():
     assert [h["loss"] for h in runs[0].history] == [h["loss"] for h in runs[1].history]
     for a, b in zip(runs[0].model.state_dict().values(), runs[1].model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_the_gpu_options_run_on_the_cpu_and_train_the_same_model():
+    """channels_last, torch.compile and reading the loss back every few steps change how a step runs, not what it
+    computes: the same history and weights as the plain run, up to float rounding."""
+    from tinyldm.schedule import NoiseSchedule
+    from tinyldm.train import EpsLoss
+    from tinyldm.unet import UNet, UNetConfig
+
+    data = [{"latent": torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(i))} for i in range(16)]
+    runs = []
+    for options in ({}, {"channels_last": True, "compile": True, "log_every": 3}):
+        torch.manual_seed(0)
+        model = UNet(UNetConfig.tiny())
+        tc = TrainConfig(steps=4, batch_size=4, warmup_steps=1, progress=False, **options)
+        trainer = Trainer(model, EpsLoss(NoiseSchedule()), data, tc, device="cpu")
+        trainer.fit()
+        runs.append(trainer)
+    plain, fast = runs
+    assert [h["step"] for h in fast.history] == [1, 2, 3, 4]
+    assert [h["loss"] for h in fast.history] == pytest.approx([h["loss"] for h in plain.history], rel=1e-4)
+    for a, b in zip(fast.model.parameters(), plain.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -128,8 +128,7 @@ def _cmd_train_autoencoder(args) -> int:
     from .train import TrainConfig
 
     tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
-                     ema_decay=args.ema, ckpt_every=args.ckpt_every, precision=args.precision,
-                     num_workers=args.workers, seed=args.seed)
+                     seed=args.seed, **_speed(args))
     ae, value = train_autoencoder(args.preset, size=args.size, crop=args.crop, whole_image_steps=args.whole_image_steps,
                                   max_objects=args.max_objects,
                                   n_images=args.n_images, train_config=tc, run_dir=args.run_dir,
@@ -180,9 +179,7 @@ def _cmd_train_diffusion(args) -> int:
 
     lr = args.lr if args.lr is not None else (FINETUNE_LR if args.init else 1e-3)
     tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=lr, warmup_steps=args.warmup,
-                     ema_decay=args.ema, ckpt_every=args.ckpt_every, precision=args.precision,
-                     num_workers=args.workers, seed=args.seed, grad_accum=args.grad_accum,
-                     cooldown_steps=args.cooldown)
+                     seed=args.seed, grad_accum=args.grad_accum, cooldown_steps=args.cooldown, **_speed(args))
     ae = Autoencoder.load(_existing(args.autoencoder, "--autoencoder", "tinyldm train-autoencoder"))
     text_encoder = _text_encoder(args.text_encoder) if args.condition == "text" else None
     schedule = ScheduleConfig.preset(args.schedule) if args.schedule else None
@@ -387,10 +384,10 @@ def _evaluate_concat(args, unet, ae) -> int:
     else:
         from .recipes import inpainting_test
 
-        base_path = args.base or unet.info.get("init")
+        base_path = args.base or unet.info.get("base")
         if not base_path:
-            raise UsageError("the inpainting model was trained from scratch: name the plain model the baselines run "
-                             "on with --base")
+            raise UsageError("the file does not name the plain model it was finetuned from: name the model the "
+                             "training-free baselines run on with --base")
         base = UNet.load(_existing(base_path, "--base", "tinyldm train-diffusion"))
         judge = _judge(args, unet.info.get("source", "scenes"))
         result = inpainting_test(unet.eval(), base.eval(), ae, judge, n=args.n or 64, s=args.s, steps=args.steps,
@@ -443,13 +440,26 @@ def _run_flags(p: argparse.ArgumentParser, name: str, steps: int, batch_size: in
 
 
 def _resumable_flags(p: argparse.ArgumentParser, warmup: int, ckpt_every: int) -> None:
-    """The Trainer's options of the long, resumable commands."""
+    """The Trainer's options of the long, resumable commands (under torchrun they train on every process)."""
     p.add_argument("--warmup", type=int, default=warmup)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--ckpt-every", type=int, default=ckpt_every)
     p.add_argument("--restart", action="store_true", help="start over, replacing an existing run in --run-dir")
+    p.add_argument("--log-every", type=int, default=1,
+                   help="read the loss back from the device every N steps (GPUs: e.g. 25, so the host never waits)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format (faster convolutions "
+                                                                 "on GPUs with tensor cores)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (GPUs; the first steps compile)")
+    p.add_argument("--no-tf32", action="store_true", help="keep float32 matmuls on CUDA exact (TF32 is on by default)")
+
+
+def _speed(args) -> dict:
+    """The TrainConfig fields of the resumable commands' flags."""
+    return dict(ema_decay=args.ema, ckpt_every=args.ckpt_every, precision=args.precision, num_workers=args.workers,
+                log_every=args.log_every, channels_last=args.channels_last, compile=args.compile,
+                tf32=not args.no_tf32)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -565,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=None, help="face models: samples for the FSD (default 256); inpainting "
                                                        "models: held-out images per mask kind (default 64)")
     p.add_argument("--base", default=None, help="inpainting models: the plain model the training-free baselines run "
-                                                "on (default: the file it was finetuned from)")
+                                                "on (default: the one it was finetuned from, as its file records)")
     p.add_argument("--segmenter", default=str(DATA_DIR / "segmenter-faces.safetensors"),
                    help="parsing models: the face-parsing segmenter that reads the samples' maps")
     p.add_argument("--image-size", type=int, default=None,

@@ -29,6 +29,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .config import check_values
+
 __all__ = ["drop_mask", "LabelCondition", "TextCondition", "ConcatCondition", "Conditions", "guided_eps", "Guided"]
 
 
@@ -58,7 +60,7 @@ class LabelCondition:
         y = torch.as_tensor(y, dtype=torch.long, device=device)
         if y.ndim != 1:
             raise ValueError(f"expected labels y of shape [b], got shape {list(y.shape)}")
-        if len(y) and bool(((y < 0) | (y > self.num_classes)).any()):
+        if len(y) and check_values(y) and bool(((y < 0) | (y > self.num_classes)).any()):
             raise ValueError(f"expected labels in 0..{self.num_classes - 1} (or {self.num_classes}, the null "
                              f"label), got values from {int(y.min())} to {int(y.max())}")
         return {"y": y}
@@ -81,17 +83,48 @@ class TextCondition:
 
     ``use_mask=False`` lets the UNet attend to padding tokens too, as Stable Diffusion v1 does with CLIP (its
     padding positions hold end-of-text states that carry the whole prompt through the causal attention).
+
+    ``cache``: a frozen encoder gives a prompt the same states every time, so up to ``cache`` prompts' states are
+    kept (on the device they were last asked on) and a training step encodes only prompts it has not seen: with
+    one caption per dataset (FFHQ's "a photo of a face") and the empty prompt, the text encoder runs once per run.
+    An encoder that trains (any parameter with ``requires_grad``) is never cached.
     """
 
-    def __init__(self, encoder: nn.Module, p_uncond: float = 0.1, key: str = "caption", use_mask: bool = True):
+    def __init__(self, encoder: nn.Module, p_uncond: float = 0.1, key: str = "caption", use_mask: bool = True,
+                 cache: int = 4096):
         drop_mask(0, p_uncond)
         self.encoder, self.p_uncond, self.key, self.use_mask = encoder, p_uncond, key, use_mask
+        self.cache_size, self._cache = cache, {}
+
+    def _encode_uncached(self, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, mask = self.encoder.encode(prompts)
+        return (hidden.to(device), mask.to(device)) if device is not None else (hidden, mask)
+
+    def _encode(self, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+        frozen = not any(p.requires_grad for p in self.encoder.parameters())
+        if not frozen or self.cache_size <= 0:
+            return self._encode_uncached(prompts, device)
+        new = list(dict.fromkeys(p for p in prompts if p not in self._cache))
+        fresh = {}
+        if new:
+            hidden, mask = self._encode_uncached(new, device)
+            fresh = {p: (h, m) for p, h, m in zip(new, hidden, mask)}
+        rows = [fresh[p] if p in fresh else self._cache[p] for p in prompts]
+        for p, row in fresh.items():
+            if len(self._cache) >= self.cache_size:
+                self._cache.pop(next(iter(self._cache)))  # the oldest
+            self._cache[p] = row
+        if len({h.shape for h, _ in rows}) > 1:  # an encoder that pads to each batch's longest prompt: no stacking
+            self._cache.clear()
+            return self._encode_uncached(prompts, device)
+        hidden, mask = torch.stack([h for h, _ in rows]), torch.stack([m for _, m in rows])
+        return (hidden.to(device), mask.to(device)) if device is not None else (hidden, mask)
 
     def given(self, prompts: Sequence[str], device=None) -> dict[str, torch.Tensor]:
         if isinstance(prompts, str):
             raise ValueError(f"expected a list of prompts, got one string {prompts!r}; wrap it in a list")
-        hidden, mask = self.encoder.encode(list(prompts))
-        out = {"context": hidden.to(device) if device is not None else hidden}
+        hidden, mask = self._encode(list(prompts), device)
+        out = {"context": hidden}
         if self.use_mask:
             out["context_mask"] = mask.to(out["context"].device)
         return out

@@ -25,6 +25,7 @@ import torch
 T_ = TypeVar("T_")
 
 FAST_ENV = "TINYLDM_FAST"
+DEBUG_ENV = "TINYLDM_DEBUG"
 
 # The repository root when running from a checkout (notebooks, tests, the CLI); `data/` holds the
 # small course checkpoints made by `tinyldm train-autoencoder`, `build/` what the course writes.
@@ -36,6 +37,27 @@ BUILD_DIR = Path(os.environ.get("TINYLDM_BUILD", REPO_ROOT / "build"))
 def fast_mode() -> bool:
     """True when ``TINYLDM_FAST`` is set to a true value (1, true, yes)."""
     return os.environ.get(FAST_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def check_values(x: torch.Tensor) -> bool:
+    """Whether to check the values of ``x`` (labels in range, a mask with a token per row, t in 0..T): always for a
+    CPU tensor; for a GPU tensor only with ``TINYLDM_DEBUG=1``, because reading a value back from the GPU makes the
+    host wait for every kernel queued before it, and the hot path of training should never wait. Shapes and dtypes are
+    checked always (they need no read-back)."""
+    if x.device.type in ("cpu", "meta"):
+        return x.device.type == "cpu"  # a meta tensor (shapes only) has no values
+    return os.environ.get(DEBUG_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(device: torch.device | str, precision: str = "fp32"):
+    """The autocast context of a precision: "bf16" runs matmuls and convolutions in bfloat16 (the weights stay
+    float32), "fp32" changes nothing. For training (the Trainer) and sampling (``generate``, ``inpaint``)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def pick(walkthrough: T_, fast: T_) -> T_:

@@ -55,6 +55,7 @@ from .checkpoint import check_partner
 from .conditioning import Guided
 from .data.faces import NUM_PARTS
 from .data.masks import MaskGenerator, check_mask, masked_image
+from .pipeline import decode
 from .sample import DDIM, Sampler, ddim_step, sample
 from .schedule import NoiseSchedule
 from .unet import UNet
@@ -139,7 +140,10 @@ def parsing_unet(base: UNet) -> UNet:
 def inpainting_inputs(ae: Autoencoder, image: torch.Tensor, mask: torch.Tensor, mask_resize: str = "max"
                       ) -> torch.Tensor:
     """What an inpainting model sees beside z_t: ``[mask on the latent grid, latent of image * (mask < 0.5)]``,
-    ``[b, 1 + c, h, w]``. image ``[b, 3, H, W]`` in [-1, 1], mask ``[b, 1, H, W]`` (1 = the hole)."""
+    ``[b, 1 + c, h, w]``, where the autoencoder is. image ``[b, 3, H, W]`` in [-1, 1], mask ``[b, 1, H, W]`` (1 = the
+    hole)."""
+    weight = next(ae.parameters())
+    image, mask = image.to(weight.device, weight.dtype), mask.to(weight.device)
     z_masked = ae.to_latent(masked_image(image, mask))
     return torch.cat([latent_mask(mask, z_masked.shape[-2:], mask_resize), z_masked], dim=1)
 
@@ -393,7 +397,7 @@ def inpaint(model: UNet, ae: Autoencoder, image: torch.Tensor, mask: torch.Tenso
         else:
             z = repaint_sample(eps_model, sampler.schedule, sampler.timesteps, z_known, keep, jump, resample,
                                generator, progress)
-        raws.append(ae.from_latent(z.float().cpu()))
+        raws.append(decode(ae, z))
     raw = torch.cat(raws)
     if method == "repaint":
         walk = repaint_times(len(sampler.timesteps), jump, resample)

@@ -39,6 +39,7 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from . import distributed
 from .autoencoder import Autoencoder
 from .checkpoint import FORMAT, CheckpointError, atomic_path, fingerprint, remove_stale_temporaries
 
@@ -289,8 +290,13 @@ def encode_dataset(ae: Autoencoder, dataset: Dataset, path: str | Path, batch_si
 
 def load_or_encode(ae: Autoencoder, dataset: Dataset, path: str | Path, **kwargs) -> LatentDataset:
     """Reuse the cache folder at ``path`` if it was made from this autoencoder and dataset (and settings); finish it
-    if its encoding was interrupted; else encode. ``kwargs`` as :func:`encode_dataset`."""
-    path = Path(path)
+    if its encoding was interrupted; else encode. ``kwargs`` as :func:`encode_dataset`. In a distributed run process
+    0 encodes and the others then load what it wrote."""
+    with distributed.main_first():
+        return _load_or_encode(ae, dataset, Path(path), **kwargs)
+
+
+def _load_or_encode(ae: Autoencoder, dataset: Dataset, path: Path, **kwargs) -> LatentDataset:
     if (path / "index.json").is_file():
         try:
             cached = LatentDataset(path)

@@ -244,10 +244,29 @@ class Segmenter(SavableModel, nn.Module):
         return out
 
 
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    radius = max(1, int(round(2 * sigma)))
+    k = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype) / sigma) ** 2)
+    k = (k / k.sum()).view(1, 1, 1, -1).expand(x.shape[1], 1, 1, -1)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), k, groups=x.shape[1])
+    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), k.transpose(-1, -2), groups=x.shape[1])
+
+
+# The blurs the segmenter learns to read through (Gaussian sigma in pixels, at 64 px): latent models draw a face's
+# small parts (eyes, brows, mouth) as softly as their autoencoder decodes them, and a segmenter that only knew sharp
+# faces would miss parts that are there.
+SEGMENTER_BLURS = (0.0, 0.7, 1.0, 1.4)
+
+
 def segmenter_loss(model: Segmenter, batch: dict, generator: torch.Generator):
     """Cross-entropy against the soft part masks ``batch["masks"]`` ``[b, P, H, W]`` (each pixel's shares sum to 1),
-    on lightly blurred and noisy images, so that the segmenter also reads imperfect samples."""
-    logits = model(_degrade(batch["image"], generator))
+    on noisy images blurred by one of ``SEGMENTER_BLURS`` each, so that the segmenter also reads decoded samples."""
+    x = _degrade(batch["image"], generator)
+    level = torch.randint(len(SEGMENTER_BLURS), (len(x),), generator=generator, device=x.device)
+    for k, sigma in enumerate(SEGMENTER_BLURS):
+        if sigma > 0 and bool((level == k).any()):
+            x[level == k] = _gaussian_blur(x[level == k], sigma)
+    logits = model(x)
     target = batch["masks"]
     loss = -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
     return loss, {"pixel_acc": (logits.argmax(1) == target.argmax(1)).float().mean().item()}

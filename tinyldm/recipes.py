@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, default_collate
 
+from . import distributed
 from .autoencoder import Autoencoder, AutoencoderConfig, autoencoder_loss, reconstruction_psnr
 from .checkpoint import CheckpointError, fingerprint
 from .conditioning import ConcatCondition, Conditions, LabelCondition, TextCondition
@@ -321,6 +322,11 @@ def course_database(encoder: ImageEncoder, n: int = COURSE_DATABASE["n"], seed: 
     :func:`course_scenes`) embedded by ``encoder``, cached under ``build/retrieval/``."""
     data = course_scenes(n, seed, **scenes)
     path = BUILD_DIR / "retrieval" / f"db-{_scenes_tag(data)}-seed{seed}-{encoder.fingerprint}.safetensors"
+    with distributed.main_first():  # in a distributed run process 0 builds it, the others load it
+        return _load_or_build(encoder, data, path, progress)
+
+
+def _load_or_build(encoder: ImageEncoder, data: Scenes, path: Path, progress: bool) -> Database:
     if path.exists():
         try:
             db = Database.load(path)
@@ -339,8 +345,9 @@ def course_neighbours(encoder: ImageEncoder, scenes: Scenes, db: Database, k: in
     latents (``build/latents/``)."""
     tag = f"{_scenes_tag(scenes)}-seed{scenes.seed}-db{db.fingerprint}-k{k}" + ("-noself" if exclude_self else "") + (
         f"-max{max_similarity}" if max_similarity is not None else "")
-    return load_or_compute_neighbours(encoder, scenes, db, BUILD_DIR / "latents" / f"neighbours-{tag}.safetensors",
-                                      k, exclude_self, max_similarity)[1]
+    with distributed.main_first():
+        return load_or_compute_neighbours(encoder, scenes, db, BUILD_DIR / "latents" / f"neighbours-{tag}.safetensors",
+                                          k, exclude_self, max_similarity)[1]
 
 
 def retrieval_queries(encoder: ImageEncoder, db: Database, labels: torch.Tensor, k: int = 4, seed: int = 1
@@ -599,6 +606,7 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
     fingerprints of the autoencoder whose latents it learned (and of the text encoder), checked when it is loaded.
     """
     _check_condition(condition)
+    device = distributed.setup(device if device is not None else default_device())  # this process's device
     if concat not in ("none", *CONCAT_KINDS):
         raise ValueError(f"expected concat one of 'none', {', '.join(map(repr, CONCAT_KINDS))}, got {concat!r}")
     if concat != "none" and condition == "retrieval":
@@ -698,9 +706,12 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
         if concat != "none" and concat_kind(unet) is None:
             print(f"finetuning {init} with {concat} channels: {concat_channels(concat, shape[0])} input channels "
                   f"added, zero-initialised (the model starts as the base)")
+            facts["base"] = str(init)  # the plain model it grew from: the baselines' model (tinyldm evaluate)
             unet = inpainting_unet(unet) if concat == "inpaint" else parsing_unet(unet)
         elif concat_kind(unet) != (None if concat == "none" else concat):
             raise ValueError(f"{init} has {concat_kind(unet)!r} input channels; this run trains concat={concat!r}")
+        elif concat != "none" and unet.info.get("base"):
+            facts["base"] = unet.info["base"]  # going on with a finetune: its base stays the base
         if needs["num_classes"] is not None and unet.config.num_classes != needs["num_classes"]:
             print(f"finetuning {init} on {needs['num_classes']} classes (it has {unet.config.num_classes}): a new class "
                   f"table, each row starting as its null label")
@@ -738,7 +749,9 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
                       final_loss=sum(h["loss"] for h in trainer.history[-100:]) / max(1, len(trainer.history[-100:])),
                       seed=train_config.seed, command=_command())
     if out is not None:
-        model.save(out, **model.info)
+        if distributed.is_main():
+            model.save(out, **model.info)
+        distributed.barrier()
         model.info["path"] = str(out)
     return model, trainer
 

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .config import check_values
 from .schedule import NoiseSchedule, ScheduleConfig
 
 __all__ = [
@@ -171,7 +172,7 @@ def _check_t_prev(schedule: NoiseSchedule, t_prev, t: torch.Tensor, x_t: torch.T
     if t_prev.ndim > 1 or (t_prev.ndim == 1 and t_prev.shape[0] != x_t.shape[0]):
         raise ValueError(f"t_prev must be an int or an int64 tensor [b] with b = x_t.shape[0]; "
                          f"got t_prev.shape = {list(t_prev.shape)}, x_t.shape = {list(x_t.shape)}")
-    if not bool((t_prev < t).all()):
+    if check_values(t_prev) and not bool((t_prev < t).all()):
         raise ValueError(f"t_prev must be smaller than t (the sampler goes from t down to t_prev); "
                          f"got t = {t.tolist()}, t_prev = {t_prev.tolist()}")
     return t_prev

@@ -30,6 +30,8 @@ from enum import Enum
 
 import torch
 
+from .config import check_values
+
 __all__ = ["BetaSchedule", "ScheduleConfig", "NoiseSchedule"]
 
 
@@ -207,7 +209,7 @@ class NoiseSchedule:
             except TypeError:
                 raise TypeError(f"{name} must be an int or an integer tensor; "
                                 f"got {type(t).__name__}") from None
-        if t.numel() > 0 and (t.min() < low or t.max() > high):
+        if t.numel() > 0 and check_values(t) and (t.min() < low or t.max() > high):
             bad = torch.unique(t[(t < low) | (t > high)]).tolist()
             raise ValueError(f"{name} must be in [{low}, {high}] (T = {self.T}); "
                              f"got out-of-range values {bad[:10]}")

@@ -7,11 +7,18 @@ function ``loss_fn(model, batch, generator) -> (loss, logs)``: for the denoiser 
 
 Resuming gives the same result as an uninterrupted run because nothing depends on hidden state:
 the batch of step k is a function of (seed, k) (a fresh permutation of the data every epoch), and
-the random numbers of step k come from a generator seeded with (seed, k).
+the random numbers of step k come from generators seeded with (seed, k).
+
+Several processes (``torchrun``, :mod:`tinyldm.distributed`) train as one: a step's batch is cut into
+``grad_accum * world_size`` chunks, process r takes chunks r * grad_accum ... (r + 1) * grad_accum - 1, and chunk j
+draws its random numbers from a generator seeded with (seed, k, j). So N processes with ``grad_accum = A`` take the
+items and the random numbers that one process takes with ``grad_accum = N * A``, and DDP's averaged gradient is that
+process's accumulated one: the same weights, up to the order of float sums.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import asdict, dataclass
@@ -20,11 +27,13 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import FORMAT, CheckpointError, load_training_state, remove_stale_temporaries, save_training_state
-from .config import default_device
+from .config import autocast, default_device
 from .schedule import NoiseSchedule
 
 LossFn = Callable[[nn.Module, Any, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
@@ -56,6 +65,14 @@ class TrainConfig:
     max_loss: float = 1e4  # a loss above this counts as exploded
     num_workers: int = 0  # DataLoader worker processes; 0 loads in the training process
     progress: bool = True
+    # Read the loss back from the device every log_every steps (and before every checkpoint): one host sync per
+    # log_every steps instead of one per micro-batch, which keeps a GPU busy; the history still has every step.
+    log_every: int = 1
+    # GPU speed: channels_last memory format for the convolutions, torch.compile, TF32 matmuls on CUDA. AdamW is
+    # fused and the EMA a foreach update whenever the device allows.
+    channels_last: bool = False
+    compile: bool = False
+    tf32: bool = True
 
     def __post_init__(self):
         if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1:
@@ -67,6 +84,8 @@ class TrainConfig:
             raise ValueError(f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be >= 1, got {self.log_every}")
         self.adam_betas = tuple(self.adam_betas)
 
     @property
@@ -139,14 +158,24 @@ def _step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step) % 2**63
 
 
+def _chunk_seed(seed: int, step: int, chunk: int) -> int:
+    """The seed of chunk ``chunk`` of step ``step``'s batch: chunk 0 has the step's own seed."""
+    return (_step_seed(seed, step) + chunk * 0x9E3779B97F4A7C15) % 2**63
+
+
 class StepBatches(Sampler):
     """Yields the index batches of steps ``start, start + 1, ...``: a new permutation each epoch,
-    fixed by (seed, epoch), so the batches of any step can be recomputed without replaying."""
+    fixed by (seed, epoch), so the batches of any step can be recomputed without replaying.
 
-    def __init__(self, n: int, batch_size: int, seed: int, start_step: int = 0, steps: int | None = None):
+    Each step's batch is ``chunks`` chunks of ``batch_size`` items; the sampler yields the chunks ``take`` of every
+    step (default: all), in order. A process of a distributed run takes its own chunks."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start_step: int = 0, steps: int | None = None,
+                 chunks: int = 1, take: list[int] | None = None):
         if n < 1:
             raise ValueError("the dataset is empty")
         self.n, self.batch_size, self.seed, self.start, self.steps = n, batch_size, seed, start_step, steps
+        self.chunks, self.take = chunks, list(range(chunks)) if take is None else list(take)
         self._epoch, self._perm = -1, None
 
     def _index(self, position: int) -> int:
@@ -159,14 +188,15 @@ class StepBatches(Sampler):
     def __iter__(self) -> Iterator[list[int]]:
         step = self.start
         while self.steps is None or step < self.start + self.steps:
-            first = step * self.batch_size
-            yield [self._index(p) for p in range(first, first + self.batch_size)]
+            for j in self.take:
+                first = (step * self.chunks + j) * self.batch_size
+                yield [self._index(p) for p in range(first, first + self.batch_size)]
             step += 1
 
     def __len__(self):
         if self.steps is None:
             raise TypeError("an endless sampler has no length")
-        return self.steps
+        return self.steps * len(self.take)
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -187,18 +217,25 @@ class Trainer:
     ``resume=True`` an existing ``last.pt`` there is loaded and training continues from its step.
     ``callbacks`` are called as ``cb(trainer, step)`` after every optimizer step (for sample grids,
     exporting a model file, ...). ``history`` holds one dict per step: step, loss, lr, and the logs.
+
+    Started by torchrun, the Trainer trains with DistributedDataParallel (see the module docstring): the model it
+    holds stays the plain module (``self.net`` is what the loss calls), and only process 0 writes checkpoints, shows
+    the progress bar and calls the callbacks.
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, dataset: Dataset, config: TrainConfig | None = None,
                  out_dir: str | Path | None = None, device: str | torch.device | None = None,
                  resume: bool = False, callbacks: list[Callback] = (), collate_fn=None):
-        self.config = config or TrainConfig()
-        self.device = torch.device(device) if device is not None else default_device()
-        self.model = model.to(self.device)
+        self.config = c = config or TrainConfig()
+        self.device = distributed.setup(device if device is not None else default_device())
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = c.tf32
+        self.model = model.to(self.device, memory_format=torch.channels_last if c.channels_last else
+                              torch.contiguous_format)
         self.loss_fn, self.dataset, self.collate_fn = loss_fn, dataset, collate_fn
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.callbacks = list(callbacks)
-        c = self.config
         decay, no_decay = [], []
         for p in model.parameters():
             if p.requires_grad:
@@ -206,8 +243,13 @@ class Trainer:
                 (decay if p.ndim >= 2 else no_decay).append(p)
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": c.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=c.lr, betas=c.adam_betas)
-        self.ema = copy.deepcopy(model).eval().requires_grad_(False) if c.ema_decay is not None else None
+            lr=c.lr, betas=c.adam_betas, fused=self.device.type == "cuda")
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False) if c.ema_decay is not None else None
+        # what the loss calls: the model, in DDP across processes, compiled on request
+        self.net = _DDP(self.model, device_ids=[self.device] if self.device.type == "cuda" else None) \
+            if self.world > 1 else self.model
+        if c.compile:
+            self.net = torch.compile(self.net)
         self.step, self.history = 0, []
         if self.out_dir is not None:
             remove_stale_temporaries(self.out_dir)  # half-written files of a run killed while saving
@@ -226,10 +268,14 @@ class Trainer:
                 "train_config": asdict(self.config), "model_config": _model_config(self.model)}
 
     def save_state(self, path: str | Path | None = None) -> Path:
+        """Write the training state atomically (process 0 of a distributed run; the others wait for it)."""
         path = path or self.checkpoint_path
         if path is None:
             raise ValueError("no path given and the trainer has no out_dir")
-        return save_training_state(path, self.state_dict())
+        if distributed.is_main():
+            save_training_state(path, self.state_dict())
+        distributed.barrier()
+        return Path(path)
 
     def load_state(self, path: str | Path) -> None:
         """Resume from a training state written by ``save_state``; a state of another run is refused with a message
@@ -279,59 +325,85 @@ class Trainer:
 
     def _batches(self, steps: int):
         c = self.config
-        sampler = StepBatches(len(self.dataset), c.micro_batch, c.seed, self.step * c.grad_accum,
-                              steps * c.grad_accum)
+        # this process's chunks of every step: r * grad_accum ... (r + 1) * grad_accum - 1 of grad_accum * world
+        sampler = StepBatches(len(self.dataset), c.micro_batch // self.world, c.seed, self.step, steps,
+                              chunks=c.grad_accum * self.world,
+                              take=[self.rank * c.grad_accum + k for k in range(c.grad_accum)])
         return iter(DataLoader(self.dataset, batch_sampler=sampler, num_workers=c.num_workers,
                                collate_fn=self.collate_fn, pin_memory=self.device.type == "cuda"))
 
     def fit(self, steps: int | None = None) -> list[dict[str, float]]:
         """Train until ``config.steps`` (or ``steps`` more); return the history."""
         c = self.config
+        if c.micro_batch % self.world:
+            raise ValueError(f"batch_size / grad_accum ({c.micro_batch}) must be divisible by the number of processes "
+                             f"({self.world}): each takes an equal share of every micro-batch")
         steps = max(0, c.steps - self.step) if steps is None else steps
         end = self.step + steps
         batches = self._batches(steps)
         self.model.train()
-        bar = tqdm(total=end, initial=self.step, desc="train", disable=not c.progress, dynamic_ncols=True)
+        main = distributed.is_main()
+        bar = tqdm(total=end, initial=self.step, desc="train", disable=not (c.progress and main),
+                   dynamic_ncols=True)
+        pending: list[dict] = []  # the logs of steps whose loss is still on the device
         while self.step < end:
-            logs = self._train_step(batches)
-            self.history.append(logs)
+            pending.append(self._train_step(batches))
             self.step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{logs['loss']:.4f}")
-            if self.out_dir is not None and (self.step % c.ckpt_every == 0 or self.step == end):
+            save = self.out_dir is not None and (self.step % c.ckpt_every == 0 or self.step == end)
+            if len(pending) >= c.log_every or save or self.step == end:
+                self._read_back(pending)  # before a checkpoint: a diverged run never overwrites a good one
+                bar.set_postfix(loss=f"{self.history[-1]['loss']:.4f}")
+                pending = []
+            if save:
                 self.save_state()
-            for cb in self.callbacks:
-                cb(self, self.step)
+            if main:
+                for cb in self.callbacks:
+                    cb(self, self.step)
             self.model.train()  # a callback may have switched to eval to sample
         bar.close()
         return self.history
 
-    def _train_step(self, batches) -> dict[str, float]:
+    def _read_back(self, pending: list[dict]) -> None:
+        """Move the pending steps' losses (and gradient norms) from the device into the history, with one host
+        sync, and stop if one of them diverged."""
+        keys = [k for k in ("loss", "grad_norm") if k in pending[0]]
+        values = torch.stack([torch.stack([torch.as_tensor(p[k], device=self.device).float() for k in keys])
+                              for p in pending]).tolist()
+        for logs, row in zip(pending, values):
+            logs.update(zip(keys, row))
+            self._check_loss(logs["loss"], logs["step"] - 1)
+            if "grad_norm" in logs:
+                self._check_loss(logs["grad_norm"], logs["step"] - 1, what="gradient norm")
+            self.history.append(logs)
+
+    def _train_step(self, batches) -> dict:
         c, step = self.config, self.step
         lr = self.lr_at(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        # every random draw of this step (noise, t, dropout) is a function of (seed, step)
-        torch.manual_seed(_step_seed(c.seed, step))
-        generator = torch.Generator(self.device).manual_seed(_step_seed(c.seed, step))
         self.optimizer.zero_grad(set_to_none=True)
-        total, logs = 0.0, {}
-        for _ in range(c.grad_accum):
+        total, logs = torch.zeros((), device=self.device), {}
+        for k in range(c.grad_accum):
+            # every random draw of a chunk (noise, t, dropout) is a function of (seed, step, chunk)
+            seed = _chunk_seed(c.seed, step, self.rank * c.grad_accum + k)
+            torch.manual_seed(seed)
+            generator = torch.Generator(self.device).manual_seed(seed)
             batch = to_device(next(batches), self.device)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=c.precision == "bf16"):
-                loss, micro_logs = self.loss_fn(self.model, batch, generator)
-            self._check_loss(loss.item(), step)
-            (loss / c.grad_accum).backward()  # the mean over micro-batches is the full-batch loss
-            total += loss.item() / c.grad_accum
-            for k, v in micro_logs.items():
-                logs[k] = logs.get(k, 0.0) + v / c.grad_accum
+            # DDP averages the gradients across processes after the last micro-batch only
+            sync = self.net.no_sync() if self.world > 1 and k < c.grad_accum - 1 else contextlib.nullcontext()
+            with sync:
+                with autocast(self.device, c.precision):
+                    loss, micro_logs = self.loss_fn(self.net, batch, generator)
+                (loss / c.grad_accum).backward()  # the mean over micro-batches is the full-batch loss
+            total += loss.detach().float() / c.grad_accum
+            for key, v in micro_logs.items():
+                logs[key] = logs.get(key, 0.0) + v / c.grad_accum
         if c.grad_clip is not None:
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
-            logs["grad_norm"] = norm.item()
-            self._check_loss(norm.item(), step, what="gradient norm")
+            logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
         self.optimizer.step()
         self._update_ema(step)
-        return {"step": step + 1, "loss": total, "lr": lr, **logs}
+        return {"step": step + 1, "loss": distributed.all_reduce_mean(total), "lr": lr, **logs}
 
     def _check_loss(self, value: float, step: int, what: str = "loss") -> None:
         if math.isfinite(value) and (what != "loss" or value <= self.config.max_loss):
@@ -354,7 +426,17 @@ class Trainer:
             return
         # ramp the decay up so the average is not dominated by the random initial weights
         decay = min(self.config.ema_decay, (1 + step) / (10 + step))
-        for e, p in zip(self.ema.parameters(), self.model.parameters()):
-            e.lerp_(p.detach(), 1.0 - decay)
+        ema, params = list(self.ema.parameters()), [p.detach() for p in self.model.parameters()]
+        torch._foreach_lerp_(ema, params, 1.0 - decay)  # one fused update of all tensors, not one kernel each
         for e, b in zip(self.ema.buffers(), self.model.buffers()):
             e.copy_(b)
+
+
+class _DDP(DistributedDataParallel):
+    """DDP that answers for its module's attributes too (``net.config``), so a loss can use either."""
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.module, name)

@@ -49,6 +49,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .layers import group_norm  # one rule for GroupNorm groups in every network: gcd(groups, channels)
 from .checkpoint import SavableModel, check_partner
+from .config import check_values
 from .schedule import NoiseSchedule, ScheduleConfig
 
 __all__ = ["UNetConfig", "UNet", "timestep_embedding"]
@@ -544,7 +545,7 @@ class UNet(SavableModel, nn.Module):
             if y.shape != (b,) or y.dtype not in (torch.int64, torch.int32):
                 raise ValueError(f"expected y as an int64 tensor [{b}] (the batch size of x_t), "
                                  f"got {y.dtype} of shape {list(y.shape)}")
-            if y.device.type != "meta" and bool(((y < 0) | (y > cfg.num_classes)).any()):
+            if check_values(y) and bool(((y < 0) | (y > cfg.num_classes)).any()):
                 raise ValueError(f"expected labels y in 0..{cfg.num_classes} ({cfg.num_classes} = the null label), "
                                  f"got values from {int(y.min())} to {int(y.max())}")
         if cfg.context_dim is None:
@@ -562,7 +563,7 @@ class UNet(SavableModel, nn.Module):
                 if context_mask.dtype != torch.bool or context_mask.shape != context.shape[:2]:
                     raise ValueError(f"expected context_mask as a bool tensor {list(context.shape[:2])}, "
                                      f"got {context_mask.dtype} of shape {list(context_mask.shape)}")
-                if context_mask.device.type != "meta" and not bool(context_mask.any(dim=1).all()):
+                if check_values(context_mask) and not bool(context_mask.any(dim=1).all()):
                     # softmax over no tokens at all is 0/0: NaN everywhere downstream
                     raise ValueError("expected context_mask to keep at least one token in every row, "
                                      "got a row that is all False")
