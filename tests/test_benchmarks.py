@@ -18,3 +18,17 @@ def test_the_gpu_check_runs_at_tiny_size_on_the_cpu(tmp_path):
                 "sampling 32 px: tinyldm generate", "sampling 32 px: diffusers"):
         assert row in table, row
     assert "FAILED" not in table
+
+
+def test_retrain_course_runs_its_whole_path_at_tiny_size(tmp_path, monkeypatch):
+    import json
+
+    from tinyldm.cli import main
+
+    monkeypatch.setattr("tinyldm.recipes.BUILD_DIR", tmp_path / "build")
+    assert main(["retrain-course", "--tiny", "--device", "cpu", "--out", str(tmp_path / "gpu")]) == 0
+    results = json.loads((tmp_path / "gpu" / "results.json").read_text())
+    assert set(results) == {"autoencoder-course", "text-scenes", "unet-course", "unet-class", "unet-text",
+                            "unet-retrieval"}
+    assert "all" in results["unet-class"] and "held_out" in results["unet-text"]
+    assert (tmp_path / "gpu" / "unet-retrieval.safetensors").exists()

@@ -11,6 +11,7 @@
                                          against the training-free baselines; a parsing model: the IoU of its maps)
     tinyldm convert-sd SD --out DIR      Stable Diffusion v1 weights as tinyldm's own UNet and autoencoder files
     tinyldm export-sd [options]          a tinyldm UNet and autoencoder in Stable Diffusion's layouts
+    tinyldm retrain-course --device cuda the course's models again, larger, on one GPU (about five minutes)
     tinyldm exercises list|progress      the course's exercises, and which of yours pass
     tinyldm exercises solve|reset NB...  copies of notebooks with the reference solutions; stubs back in place
     tinyldm info FILE                    what a tinyldm .safetensors file holds
@@ -397,6 +398,14 @@ def _evaluate_concat(args, unet, ae) -> int:
     return 0
 
 
+def _cmd_retrain_course(args) -> int:
+    from .recipes import retrain_course
+
+    results = retrain_course(args.out, device=args.device, scale=args.scale, tiny=args.tiny, seed=args.seed)
+    print(json.dumps(results, indent=1))
+    return 0
+
+
 def _cmd_exercises(args) -> int:
     from .exercises import EXERCISES, progress
     from .exercises.notebooks import reset, solve
@@ -605,6 +614,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layout", choices=["compvis", "diffusers"], default="diffusers")
     p.add_argument("--out", required=True, help="a .safetensors file (compvis) or a folder (diffusers)")
     p.set_defaults(fn=_cmd_export_sd)
+
+    p = sub.add_parser("retrain-course", help="train the course's autoencoder, text encoder and four UNets again, "
+                                              "larger and longer (one GPU: about five minutes), and test them")
+    p.add_argument("--out", default=str(BUILD_DIR / "course-gpu"), help="the folder for the model files and results")
+    p.add_argument("--device", default=None)
+    p.add_argument("--scale", type=float, default=1.0, help="multiply every step count")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tiny", action="store_true", help="tiny sizes (the code path, on any machine)")
+    p.set_defaults(fn=_cmd_retrain_course)
 
     p = sub.add_parser("exercises", help="the course's exercises: list them, show your progress, or (instructors) "
                                          "fill the solutions into copies of the notebooks, or put the stubs back")

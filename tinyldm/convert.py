@@ -96,8 +96,9 @@ def sd_download_hint(name: str = SD_V1_5) -> str:
             f"    hf download {name} {' '.join(SD_FILES)}\n"
             f"(`huggingface-cli download` before huggingface_hub 0.34). They go to the Hugging Face cache, "
             f"{_hub_cache()}, where the loaders find them by the name {name!r}; or add --local-dir FOLDER to the "
-            f"command and pass the folder's path. A single-file checkpoint works too (e.g. `hf download {name} "
-            f"v1-5-pruned-emaonly.safetensors`), with tokenizer= a folder holding CLIP's vocab.json and merges.txt.")
+            f"command and pass the folder's path. A single-file checkpoint works too"
+            + (f" (e.g. `hf download {name} v1-5-pruned-emaonly.safetensors`)" if name == SD_V1_5 else "")
+            + ", with tokenizer= a folder holding CLIP's vocab.json and merges.txt.")
 
 
 # -- reading files ---------------------------------------------------------------------------------------------------

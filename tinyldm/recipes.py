@@ -24,7 +24,7 @@ from . import distributed
 from .autoencoder import Autoencoder, AutoencoderConfig, autoencoder_loss, reconstruction_psnr
 from .checkpoint import CheckpointError, fingerprint
 from .conditioning import ConcatCondition, Conditions, LabelCondition, TextCondition
-from .config import BUILD_DIR, default_device, seeded
+from .config import BUILD_DIR, DATA_DIR, default_device, seeded
 from .data import (FACE_ATTRIBUTES, NUM_CLASSES, NUM_FACE_CLASSES, SHAPES, SIZES, Faces, ImageFolder, Scenes, class_name, label_of,
                    random_crops)
 from .data.masks import MaskConfig, MaskGenerator
@@ -862,3 +862,76 @@ def parsing_test(model: UNet, ae: Autoencoder, segmenter: Segmenter, n: int = 25
     target = batch["masks"].argmax(1)
     got, real = mean_iou(segmenter.predict(samples), target), mean_iou(segmenter.predict(batch["image"]), target)
     return {"n": n, "s": s, "samples": got, "real": real, "ratio": got["miou"] / real["miou"]}
+
+
+# -- the course checkpoints, retrained on one GPU -----------------------------------------------------------------------
+
+# name -> (what train_diffusion gets): the course's UNets at twice the width, each trained from scratch on the course
+# scenes at a GPU batch; the steps are sized for about five minutes of one H100-class GPU in all (scale them with
+# retrain_course's ``scale``)
+GPU_COURSE = {
+    "unet-course": dict(condition="none"),
+    "unet-class": dict(condition="class"),
+    "unet-text": dict(condition="text", hold_out=TEXT_HOLD_OUT),
+    "unet-retrieval": dict(condition="retrieval"),
+}
+
+
+def retrain_course(out_dir: str | Path, device=None, scale: float = 1.0, tiny: bool = False, seed: int = 0,
+                   progress: bool = True) -> dict:
+    """Train the course's models again, larger and longer than the CPU checkpoints in ``data/``, into ``out_dir``:
+    the autoencoder, the offline text encoder, and the unconditional, class, text and retrieval UNets
+    (``course_large``: the course UNet at twice the width), in bf16 at GPU batches, each from scratch. ``scale``
+    multiplies every step count; ``tiny`` runs the same code at tiny sizes (the test of this function, on the CPU).
+    The UNets are then tested as ``tinyldm evaluate`` tests them (the class and text models with the course judge:
+    both right at s = 3; the text model's held-out pairs apart). Returns {file: figures}; also writes
+    ``out_dir/results.json``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = distributed.setup(device if device is not None else default_device())
+
+    def steps(n: int) -> int:
+        return 3 if tiny else max(1, int(n * scale))
+
+    def config(n: int, batch: int, lr: float, warmup_steps: int = 100, **kw) -> TrainConfig:
+        return TrainConfig(steps=steps(n), batch_size=8 if tiny else batch, lr=lr, seed=seed, progress=progress,
+                           precision="bf16" if device.type == "cuda" else "fp32", log_every=1 if tiny else 50,
+                           warmup_steps=1 if tiny else warmup_steps, **kw)
+
+    n_images = 64 if tiny else 20_000
+    results = {}
+    ae, psnr = train_autoencoder("tiny" if tiny else "course", train_config=config(6000, 128, 2e-3, ema_decay=0.999),
+                                 whole_image_steps=1 if tiny else 600, n_images=256 if tiny else 50_000,
+                                 n_eval=16 if tiny else 256, device=device, out=out / "autoencoder-course.safetensors")
+    results["autoencoder-course"] = {"psnr": round(psnr, 2)}
+    text, zero_shot = train_text_encoder(config(3000, 256, 1e-3, ema_decay=None), device=device,
+                                         n_images=256 if tiny else 50_000, n_eval=16 if tiny else 512,
+                                         out=out / "text-scenes.safetensors",
+                                         config=SceneCLIPConfig(width=16, layers=1, heads=2, embed_dim=8,
+                                                                image_widths=(8,)) if tiny else None)
+    results["text-scenes"] = {"zero_shot": round(zero_shot, 4)}
+    text.requires_grad_(False)
+    from .retrieval import SceneImageEncoder
+
+    judge = Judge.load(DATA_DIR / "judge-scenes64.safetensors").to(device)
+    for name, kw in GPU_COURSE.items():
+        extra = {}
+        if kw["condition"] == "text":
+            extra["text_encoder"] = text
+        if kw["condition"] == "retrieval":
+            image_encoder = SceneImageEncoder(text)
+            extra.update(image_encoder=image_encoder,
+                         database=course_database(image_encoder, n=256 if tiny else COURSE_DATABASE["n"],
+                                                  progress=progress))
+        tc = config(8000, 256, 1e-3, ema_decay=0.999, cooldown_steps=0 if tiny else steps(2000),
+                    warmup_steps=200)
+        model, _ = train_diffusion(ae, "tiny" if tiny else "course_large", n_images=n_images, train_config=tc,
+                                   device=device, out=out / f"{name}.safetensors", resume=False,
+                                   run_dir=out / "runs" / name, **kw, **extra)
+        result = sample_test(model.to(device), ae.to(device), judge, text_encoder=text, per_class=1 if tiny else 10,
+                             device=device, image_encoder=extra.get("image_encoder"), database=extra.get("database"))
+        model.cpu(), ae.cpu()
+        results[name] = json.loads(json.dumps(result, default=float))
+    if distributed.is_main():
+        (out / "results.json").write_text(json.dumps(results, indent=1))
+    return results
