@@ -38,8 +38,27 @@ def test_ci_runs_the_readme_test_command_and_it_runs_every_test_and_notebook():
     # what that command does (a dry run prints make's recipe): the unit tests and every notebook under nbval
     target = command.split()[-1]
     dry = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    dry = dry.replace("\\\n", " ")  # a recipe line continued with a backslash is one command
     assert re.search(r"pytest .*\btests\b", dry), dry
     notebooks = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-    nbval = next(line for line in dry.splitlines() if "--nbval" in line)
-    assert notebooks and all(nb in nbval for nb in notebooks), nbval
-    assert "TINYLDM_FAST=1" in nbval
+    nbval = [line for line in dry.splitlines() if "--nbval" in line]
+    assert notebooks and all(nb in nbval[0] for nb in notebooks), nbval
+    assert all("TINYLDM_FAST=1" in line for line in nbval)
+    # and again with the exercises' reference solutions filled in
+    assert "exercises solve" in dry and any("build/solved/" in line for line in nbval), dry
+
+
+def test_value_checks_read_back_only_cpu_tensors_unless_debugging(monkeypatch):
+    import torch
+
+    from tinyldm.config import check_values
+
+    monkeypatch.delenv("TINYLDM_DEBUG", raising=False)
+    assert check_values(torch.zeros(2)) and not check_values(torch.zeros(2, device="meta"))
+
+    class OnGPU:  # what check_values sees of a CUDA tensor: its device
+        device = torch.device("cuda", 0)
+
+    assert not check_values(OnGPU())  # no read-back from a GPU on the hot path ...
+    monkeypatch.setenv("TINYLDM_DEBUG", "1")
+    assert check_values(OnGPU())  # ... unless asked for

@@ -456,8 +456,9 @@ def _resumable_flags(p: argparse.ArgumentParser, warmup: int, ckpt_every: int) -
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--ckpt-every", type=int, default=ckpt_every)
     p.add_argument("--restart", action="store_true", help="start over, replacing an existing run in --run-dir")
-    p.add_argument("--log-every", type=int, default=1,
-                   help="read the loss back from the device every N steps (GPUs: e.g. 25, so the host never waits)")
+    p.add_argument("--log-every", type=int, default=None,
+                   help="read the loss back from the device every N steps (default: every step on a CPU, every 25 on "
+                        "a GPU, so that the host does not wait for it)")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format (faster convolutions "
                                                                  "on GPUs with tensor cores)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (GPUs; the first steps compile)")

@@ -93,7 +93,7 @@ register(Exercise(
         Mistake(lambda lengths, L: torch.arange(L)[None, :] >= lengths[:, None],
                 "True marks the padding in yours: here True means a real token (attend to it)."),
     ],
-    hints=["Compare torch.arange(L) (one row) with lengths (one column): broadcasting makes [b, L]."],
+    hints=["A row of positions compared with a column of lengths broadcasts to [b, L]."],
 ))
 
 
@@ -143,8 +143,9 @@ register(Exercise(
         Mistake(lambda q, emb, k, ex: _search(q, emb, k, ex, largest=False),
                 "It returns the least similar rows: nearest means the largest cosine similarity."),
     ],
-    hints=["Scores [b, n] = normalised queries @ embeddings.T; give excluded rows -inf, then .topk(k, dim=1).",
-           "Only exclude entries >= 0."],
+    hints=["Compute every similarity at once, one matrix product; make the excluded rows impossible to pick before "
+           "taking the top k.",
+           "What does -1 in exclude mean, and what does it index?"],
 ))
 
 

@@ -70,7 +70,7 @@ register(Exercise(
                 "label: copy the null label's row."),
         Mistake(lambda table, n: table[-1].expand(n, -1).clone(), "One row short: n classes plus the null label."),
     ],
-    hints=["table[-1] is the null label's row; .expand(n + 1, -1) repeats it (clone it to own the memory)."],
+    hints=["Which row of the old table is the null label's? Every new row starts as a copy of it."],
 ))
 
 
@@ -107,7 +107,7 @@ register(Exercise(
                 "0.5)."),
         Mistake(lambda x, m: x * (m <= 0.5), "A mask value of exactly 0.5 counts as the hole: mask < 0.5 is kept."),
     ],
-    hints=["(mask < 0.5) is a bool tensor; multiplying by it keeps where it is True."],
+    hints=["Compare the mask with 0.5: which pixels are kept, and what becomes of the others?"],
 ))
 
 
@@ -182,6 +182,7 @@ register(Exercise(
         Mistake(lambda z, zk, keep, t, ab, eps: _blend(z, zk, keep, t, ab, eps, known_at=min(t + 1, 1000)),
                 "Off by one in t: the known part is noised to the level the step landed on, t."),
     ],
-    hints=["q_sample with the given eps: sqrt(alpha_bar[t]) z_known + sqrt(1 - alpha_bar[t]) eps; then mix with keep.",
+    hints=["Noise the known latent to level t as q(x_t | x_0) does, with the eps given; take it where keep is 1 and "
+           "the sampler's z elsewhere.",
            "At t = 0, alpha_bar[0] = 1: the formula gives z_known itself, no special case needed."],
 ))

@@ -69,7 +69,7 @@ register(Exercise(
                 "The difference points the wrong way: guidance moves away from the null prediction."),
         Mistake(lambda c, n, s: s * (c - n), "The conditional prediction itself is missing: start from it."),
     ],
-    hints=["At s = 0 the result is eps_cond; each unit of s adds one more (eps_cond - eps_null)."],
+    hints=["What must the result be at s = 0? Which direction does s push in?"],
 ))
 
 

@@ -69,7 +69,7 @@ register(Exercise(
         Mistake(lambda x: ((x + 1) * 127.5).round().to(torch.uint8).movedim(1, -1),
                 "Values outside [-1, 1] wrap around in uint8: clip them first."),
     ],
-    hints=["(x + 1) * 127.5 maps [-1, 1] to [0, 255]; .movedim(1, -1) moves the channels last."],
+    hints=["Map [-1, 1] linearly onto [0, 255] first; .movedim moves a dimension to another place."],
     atol=0, rtol=0,
 ))
 
@@ -155,6 +155,6 @@ register(Exercise(
         Mistake(lambda z: 1.0 / z.var().item(), "1 / the variance: scale by the standard deviation."),
         Mistake(lambda z: 1.0 / z.abs().max().item(), "1 / the largest value: use the standard deviation."),
     ],
-    hints=["z.std() is over all numbers; .item() makes it a float."],
+    hints=["One number for all the latents: measure the spread of all their values together."],
     rtol=1e-4,
 ))

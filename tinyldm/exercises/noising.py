@@ -52,7 +52,7 @@ register(Exercise(
                 "It is shifted by one step: entry t must include alpha_t itself (index 0 is t = 0)."),
     ],
     hints=["Each alpha_bar_t is alpha_bar_{t-1} times alpha_t: a running product. torch has one for tensors.",
-           "torch.cumprod(1 - beta, dim=0): why does entry 0 come out as 1?"],
+           "torch has a running product for tensors (torch.cumprod); what must its entry 0 be, and why is it?"],
     atol=1e-12, rtol=1e-10,
 ))
 
@@ -106,7 +106,8 @@ register(Exercise(
     ],
     hints=["Look up alpha_bar at each item's t (alpha_bar[t] is [b]) and reshape it to [b, 1, 1, 1] so that it "
            "multiplies each image.",
-           "a = alpha_bar[t].view(-1, 1, 1, 1).to(x_0.dtype); then the formula, with a.sqrt() and (1 - a).sqrt()."],
+           "Index the table with the whole tensor t at once, then .view(-1, 1, 1, 1); cast to x_0's dtype so that "
+           "float64 inputs give a float64 result."],
 ))
 
 
@@ -146,7 +147,7 @@ register(Exercise(
                 "The signal must shrink as noise is added (by sqrt(1 - beta_t)), or the variance grows every step."),
     ],
     hints=["DDPM eq. 2: q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I). A sample of it is mean + std * eps.",
-           "b = beta[t].view(-1, 1, 1, 1); then (1 - b).sqrt() * x_prev + b.sqrt() * eps."],
+           "Shape beta[t] to [b, 1, 1, 1], as the closed form's coefficient."],
 ))
 
 

@@ -54,7 +54,7 @@ register(Exercise(
                 "The frequencies fall too slowly: the exponent is -i / half, with half = dim // 2."),
     ],
     hints=["Make w as a [half] tensor, then the outer product t[:, None] * w[None] is [b, half].",
-           "torch.exp(-math.log(10000.0) * torch.arange(half) / half) gives the frequencies."],
+           "10000 ** (-i / half) is exp(-log(10000) * i / half)."],
     atol=1e-5,
 ))
 
