@@ -35,8 +35,8 @@ notebooks-fast: $(STAMP)
 
 notebooks-solved: $(STAMP)
 	$(BIN)/tinyldm exercises solve $(NOTEBOOKS) --out build/solved > /dev/null
-	TINYLDM_FAST=1 TINYLDM_PROGRESS=$(CURDIR)/build/test-exercises.json $(BIN)/python -m pytest -q --nbval-lax \
-		-p no:cacheprovider build/solved/*.ipynb
+	TINYLDM_FAST=1 TINYLDM_PROGRESS=$(CURDIR)/build/test-exercises.json TINYLDM_EXERCISES_STRICT=1 \
+		$(BIN)/python -m pytest -q --nbval-lax -p no:cacheprovider build/solved/*.ipynb
 
 # On a machine with one NVIDIA GPU: the CUDA tests, bf16 training and throughput against diffusers, in about 4 minutes
 # (benchmarks/gpu_check.py; the table goes to build/gpu_check.md).

@@ -85,6 +85,13 @@ def test_messages_say_what_is_wrong_and_where_without_the_answer():
         assert "sqrt(1 - a)" not in text and ".sqrt()" not in text  # the formula's code is never printed
 
 
+def test_strict_mode_turns_a_failed_check_into_an_error(monkeypatch):
+    monkeypatch.setenv("TINYLDM_EXERCISES_STRICT", "1")
+    with pytest.raises(AssertionError, match="02.snr"):
+        check("02.snr", EXERCISES["02.snr"].mistakes[0].fn, quiet=True)
+    assert check("02.snr", SOLUTIONS["02.snr"], quiet=True).passed
+
+
 def test_a_function_that_writes_into_its_inputs_does_not_spoil_the_next_case():
     def in_place(x_0, t, eps, alpha_bar):
         a = alpha_bar[t].view(-1, 1, 1, 1).to(x_0.dtype)
@@ -123,6 +130,16 @@ def test_every_notebook_has_two_to_four_exercises_as_stubs_and_solutions_for_the
         assert "one possible answer" not in text
     assert unused() == []
     assert sorted(p.stem for p in SOLUTIONS_DIR.glob("[0-9][0-9]_*.py")) == [p.stem for p in NOTEBOOKS]
+
+
+@pytest.mark.parametrize("name", sorted(EXERCISES))
+def test_a_solved_cell_passes_on_its_own(name):
+    """The cell ``solve`` writes runs in a namespace with nothing but ``check``: it brings its own imports."""
+    module = load_solutions(next(p for p in NOTEBOOKS if p.name.startswith(name[:2])))
+    namespace = {"check": lambda n, fn: check(n, fn, quiet=True)}
+    source = EXERCISES[name].cell(solution_source(name, module))
+    exec(compile(source.replace(f"check({name!r}", f"result = check({name!r}"), name, "exec"), namespace)  # noqa: S102
+    assert namespace["result"].passed, namespace["result"].message
 
 
 def test_solve_fills_in_the_solutions_and_reset_puts_the_stubs_back(tmp_path):

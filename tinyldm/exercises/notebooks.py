@@ -46,12 +46,14 @@ def load_solutions(notebook: str | Path, folder: str | Path = SOLUTIONS_DIR) -> 
 
 
 def solution_source(name: str, module: ModuleType) -> str:
-    """The source of exercise ``name``'s reference solution in ``module``."""
+    """The source of exercise ``name``'s reference solution in ``module``, after the module's imports (so that the
+    cell runs in any notebook, whatever that notebook imported)."""
     ex = exercise(name)
     fn = getattr(module, ex.function, None)
     if fn is None:
         raise AttributeError(f"{module.__file__} has no function {ex.function!r} (the solution of {name})")
-    return inspect.getsource(fn)
+    imports = [line for line in inspect.getsource(module).splitlines() if line.startswith(("import ", "from "))]
+    return "\n".join(imports) + ("\n\n\n" if imports else "") + inspect.getsource(fn)
 
 
 def reset(path: str | Path) -> int:
