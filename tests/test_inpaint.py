@@ -10,8 +10,8 @@ from tinyldm.cli import main
 from tinyldm.conditioning import ConcatCondition, Conditions, Guided, LabelCondition
 from tinyldm.data import (FACE_MASK_PARTS, MASK_KINDS, PARTS, DataError, Faces, MaskConfig, MaskGenerator, Scenes,
                           masked_image)
-from tinyldm.inpaint import (InpaintingLatents, MaskedImages, ParsingMaps, blended_sample, concat_kind, inpaint,
-                             inpainting_inputs, inpainting_scores, inpainting_unet, latent_mask, parsing_map,
+from tinyldm.inpaint import (InpaintingLatents, MaskedImages, ParsingMaps, blended_sample, concat_channels, concat_kind,
+                             inpaint, inpainting_inputs, inpainting_scores, inpainting_unet, latent_mask, parsing_map,
                              parsing_unet, repaint_sample, repaint_times, seam_error)
 from tinyldm.latents import encode_dataset
 from tinyldm.metrics import Segmenter, SegmenterConfig, mean_iou, segmenter_loss
@@ -149,18 +149,23 @@ def test_masked_image_and_latent_mask_conventions():
 @torch.no_grad()
 def test_the_zero_initialised_models_start_exactly_as_the_base():
     base = perturbed(UNet(UNetConfig.tiny(num_classes=3, eps_skip=True)))
-    inpainter, parser = inpainting_unet(base), parsing_unet(base)
-    assert inpainter.config.in_channels == 9 and parser.config.in_channels == 4 + len(PARTS)  # [z_t, m, z_masked]
+    inpainter, parser = inpainting_unet(base), parsing_unet(base, f=4)
+    assert inpainter.config.in_channels == 9  # [z_t, m, z_masked]
+    assert parser.config.in_channels == 4 + len(PARTS) * 16  # [z_t, map]: each part's 4 x 4 pixels of each cell
     assert concat_kind(inpainter) == "inpaint" and concat_kind(parser) == "parsing" and concat_kind(base) is None
     x_t, y = randn(2, 4, 8, 8), torch.tensor([0, 3])
-    for model, k in ((inpainter, 5), (parser, len(PARTS))):
+    for model, k in ((inpainter, 5), (parser, len(PARTS) * 16)):
         for seed in (1, 2):
             torch.testing.assert_close(model(x_t, 40, y, concat=10 * randn(2, k, 8, 8, seed=seed)), base(x_t, 40, y),
                                        rtol=0, atol=0)
     with pytest.raises(ValueError, match="already has 5 extra input channels .* expected a plain model"):
         inpainting_unet(inpainter)
-    with pytest.raises(ValueError, match="already has 8 extra input channels"):
-        parsing_unet(parser)
+    with pytest.raises(ValueError, match="already has 128 extra input channels"):
+        parsing_unet(parser, f=4)
+    with pytest.raises(ValueError, match="expected f, the autoencoder's downsampling factor"):
+        parsing_unet(base, f=0)
+    with pytest.raises(ValueError, match="depend on the autoencoder's factor f"):
+        concat_channels("parsing", 4)
 
 
 @torch.no_grad()
@@ -281,13 +286,20 @@ def test_mean_iou_and_a_segmenter_that_learns_one_batch(faces):
 
 
 # -- data and training ---------------------------------------------------------------------------------------------------
-def test_parsing_maps_are_the_share_of_each_part_in_each_cell(faces):
+def test_parsing_maps_keep_every_pixel_of_every_part_on_the_latent_grid(faces):
     item = ParsingMaps(faces, f=4)[0]
-    assert "masks" not in item and item["map"].shape == (len(PARTS), 16, 16)
-    torch.testing.assert_close(item["map"].sum(0), torch.ones(16, 16))
-    torch.testing.assert_close(item["map"], parsing_map(faces[0]["masks"], (16, 16)))
+    masks = faces[0]["masks"]
+    assert "masks" not in item and item["map"].shape == (len(PARTS) * 16, 16, 16)
+    torch.testing.assert_close(item["map"], parsing_map(masks, (16, 16)))
+    cells = item["map"].view(len(PARTS), 4, 4, 16, 16)  # part, row and column in the cell, the cell
+    # channel p * 16 + i * 4 + j of cell (r, c) is pixel (4 r + i, 4 c + j) of part p: nothing averaged away
+    torch.testing.assert_close(cells.permute(0, 3, 1, 4, 2).reshape(len(PARTS), 64, 64), masks)
+    torch.testing.assert_close(cells.sum((0, 1, 2)), torch.full((16, 16), 16.0))
+    assert parsing_map(masks[None].repeat(2, 1, 1, 1), (16, 16)).shape == (2, len(PARTS) * 16, 16, 16)
     with pytest.raises(ValueError, match=r"part masks \[b, 8, H, W\]"):
         parsing_map(torch.zeros(1, 3, 16, 16), (4, 4))
+    with pytest.raises(ValueError, match="cells of unequal sides"):
+        parsing_map(torch.zeros(1, 8, 16, 32), (4, 4))
 
 
 def test_concat_conditions_drop_a_map_to_zeros_and_keep_inpaintings_channels():
@@ -343,8 +355,8 @@ def test_train_diffusion_trains_a_parsing_map_model_on_faces(build):
     tc = TrainConfig(steps=2, batch_size=4, warmup_steps=1, progress=False)
     model, trainer = train_diffusion(ae, preset="tiny", n_images=8, train_config=tc, condition="class",
                                      concat="parsing", data="faces", run_dir=build / "p", sample_every=2)
-    assert model.config.in_channels == 4 + len(PARTS) and model.info["concat"] == "parsing"
-    assert trainer.dataset[0]["map"].shape == (len(PARTS), 16, 16)
+    assert model.config.in_channels == 4 + len(PARTS) * 16 and model.info["concat"] == "parsing"
+    assert trainer.dataset[0]["map"].shape == (len(PARTS) * 16, 16, 16)
     with pytest.raises(ValueError, match="has no face-parsing masks"):
         train_diffusion(ae, preset="tiny", n_images=8, train_config=tc, concat="parsing", data="scenes")
 
@@ -424,7 +436,8 @@ def test_a_parsing_model_trains_on_a_folder_of_annotated_photos(build):
     tc = TrainConfig(steps=2, batch_size=4, warmup_steps=1, progress=False)
     model, trainer = train_diffusion(ae, preset="tiny", data=str(root / "img"), image_size=32, n_images=None,
                                      train_config=tc, concat="parsing", parsing_maps=str(root / "maps"))
-    assert model.config.in_channels == 12 and trainer.dataset[0]["map"].shape == (len(PARTS), 8, 8)
+    assert model.config.in_channels == 4 + len(PARTS) * 16
+    assert trainer.dataset[0]["map"].shape == (len(PARTS) * 16, 8, 8)
     with pytest.raises(ValueError, match="masks of kind 'object' need the procedural data"):
         train_diffusion(ae, preset="tiny", data=str(root / "img"), image_size=32, train_config=tc, concat="inpaint",
                         masks=MaskConfig())

@@ -199,9 +199,9 @@ def course_segmenter(path: str | Path = COURSE_SEGMENTER) -> Segmenter:
 
 
 def course_parsing_unet(ae: Autoencoder | None = None, path: str | Path = COURSE_PARSING_UNET) -> UNet:
-    """The course's mask-conditioned face model: the face UNet (notebook 09) with the 8 channels of a face-parsing
-    map (the part shares of each latent cell) zero-initialised beside z_t, finetuned on faces; map and label each
-    dropped with probability 0.1, so both can be guided."""
+    """The course's mask-conditioned face model: the face UNet (notebook 09) with the 128 channels of a face-parsing
+    map (8 parts, each cell's 4 x 4 pixels: :func:`tinyldm.inpaint.parsing_map`) zero-initialised beside z_t,
+    finetuned on faces; map and label each dropped with probability 0.1, so both can be guided."""
     ae = ae or course_face_autoencoder()
     return _load_or_stand_in(
         path, lambda p: UNet.load(p, autoencoder=ae), "parsing-map UNet",

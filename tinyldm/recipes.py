@@ -639,7 +639,7 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
         if concat != "none" and flip:
             raise ValueError(f"flip mirrors the images, not their masks or maps: concat={concat!r} trains without it")
         images = pixels
-        # a parsing model's latents carry their maps (the part masks averaged to the latent grid)
+        # a parsing model's latents carry their maps (the part masks on the latent grid)
         latents = (cached_latents(ae, ParsingMaps(pixels, ae.f), keep=("map",)) if concat == "parsing"
                    else cached_latents(ae, pixels, flip=flip))
     train_set, shape = latents, tuple(latents.shape)
@@ -701,13 +701,13 @@ def train_diffusion(ae: Autoencoder, preset: str = "course", n_images: int = 20_
         train_set = without_labels(train_set, hold_out)
     needs = unet_needs(condition, shape[0], schedule.config, context_dim, num_classes)
     if concat != "none":
-        needs["in_channels"] = shape[0] + concat_channels(concat, shape[0])
+        needs["in_channels"] = shape[0] + concat_channels(concat, shape[0], ae.f)
     if unet is not None:
         if concat != "none" and concat_kind(unet) is None:
-            print(f"finetuning {init} with {concat} channels: {concat_channels(concat, shape[0])} input channels "
+            print(f"finetuning {init} with {concat} channels: {concat_channels(concat, shape[0], ae.f)} input channels "
                   f"added, zero-initialised (the model starts as the base)")
             facts["base"] = str(init)  # the plain model it grew from: the baselines' model (tinyldm evaluate)
-            unet = inpainting_unet(unet) if concat == "inpaint" else parsing_unet(unet)
+            unet = inpainting_unet(unet) if concat == "inpaint" else parsing_unet(unet, ae.f)
         elif concat_kind(unet) != (None if concat == "none" else concat):
             raise ValueError(f"{init} has {concat_kind(unet)!r} input channels; this run trains concat={concat!r}")
         elif concat != "none" and unet.info.get("base"):

@@ -116,7 +116,7 @@ register(Exercise(
 def _conv_cases():
     g = _g(64)
     return [Case((torch.randn(16, 4, 3, 3, generator=g), 5), "4 -> 9 input channels (inpainting)"),
-            Case((torch.randn(8, 4, 3, 3, generator=g), 8), "4 -> 12 (a parsing map)")]
+            Case((torch.randn(8, 4, 3, 3, generator=g), 128), "4 -> 132 (a parsing map, 8 parts x 16 pixels)")]
 
 
 register(Exercise(
