@@ -8,6 +8,7 @@ import pytest
 from tinyldm import exercises
 from tinyldm.config import REPO_ROOT
 from tinyldm.exercises import EXERCISES, check, hint, progress
+from tinyldm.exercises.core import in_course_order
 from tinyldm.exercises.notebooks import (SOLUTIONS_DIR, exercise_cells, load_solutions, reset, solution_source, solve,
                                          unused)
 
@@ -130,6 +131,9 @@ def test_every_notebook_has_two_to_four_exercises_as_stubs_and_solutions_for_the
         assert "one possible answer" not in text
     assert unused() == []
     assert sorted(p.stem for p in SOLUTIONS_DIR.glob("[0-9][0-9]_*.py")) == [p.stem for p in NOTEBOOKS]
+    # list and progress show them as a learner meets them
+    in_notebooks = [name for path in NOTEBOOKS for _, name in exercise_cells(nbformat.read(path, as_version=4))]
+    assert in_course_order() == in_notebooks
 
 
 @pytest.mark.parametrize("name", sorted(EXERCISES))
@@ -165,7 +169,8 @@ def test_the_exercises_command(tmp_path, capsys):
     assert main(["exercises", "progress"]) == 0
     assert "exercises pass" in capsys.readouterr().out
     assert main(["exercises", "list"]) == 0
-    assert "02.q_sample" in capsys.readouterr().out
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == in_course_order() and listed[:3] == ["00.label_of", "00.to_uint8", "01.reparameterize"]
 
 
 def test_the_public_api():

@@ -408,11 +408,12 @@ def _cmd_retrain_course(args) -> int:
 
 def _cmd_exercises(args) -> int:
     from .exercises import EXERCISES, progress
+    from .exercises.core import in_course_order
     from .exercises.notebooks import reset, solve
 
     if args.action == "list":
-        for name, ex in EXERCISES.items():
-            print(f"{name:<26} {ex.title}")
+        for name in in_course_order():
+            print(f"{name:<26} {EXERCISES[name].title}")
     elif args.action == "progress":
         progress()
     elif not args.notebooks:

@@ -17,6 +17,30 @@ def _layer() -> Attention:
     return layer.eval()
 
 
+# -- 07.padding_mask ---------------------------------------------------------------------------------------------------
+
+register(Exercise(
+    name="07.padding_mask",
+    title="the padding mask of a batch of prompts",
+    stub='''def padding_mask(lengths, L):
+    """Which tokens of prompts padded to length L are real: True for the first lengths[i] positions of row i.
+
+    lengths: int64 [b], each in 1..L; L: int. Returns bool [b, L].
+    """
+    raise NotImplementedError''',
+    reference=lambda lengths, L: torch.arange(L)[None, :] < lengths[:, None],
+    cases=lambda: [Case((torch.tensor([3, 7, 1]), 7), "lengths 3, 7 and 1 of 7"),
+                   Case((torch.tensor([77]), 77), "a full prompt of 77 tokens")],
+    mistakes=[
+        Mistake(lambda lengths, L: torch.arange(L)[None, :] <= lengths[:, None],
+                "Off by one: a prompt of length n has tokens at positions 0 .. n - 1."),
+        Mistake(lambda lengths, L: torch.arange(L)[None, :] >= lengths[:, None],
+                "True marks the padding in yours: here True means a real token (attend to it)."),
+    ],
+    hints=["A row of positions compared with a column of lengths broadcasts to [b, L]."],
+))
+
+
 # -- 07.cross_attention ------------------------------------------------------------------------------------------------
 
 def _attention_cases():
@@ -70,30 +94,6 @@ register(Exercise(
            "z.unflatten(-1, (heads, -1)).transpose(1, 2) splits the heads; mask[:, None, None, :] broadcasts over "
            "heads and positions."],
     atol=1e-5,
-))
-
-
-# -- 07.padding_mask ---------------------------------------------------------------------------------------------------
-
-register(Exercise(
-    name="07.padding_mask",
-    title="the padding mask of a batch of prompts",
-    stub='''def padding_mask(lengths, L):
-    """Which tokens of prompts padded to length L are real: True for the first lengths[i] positions of row i.
-
-    lengths: int64 [b], each in 1..L; L: int. Returns bool [b, L].
-    """
-    raise NotImplementedError''',
-    reference=lambda lengths, L: torch.arange(L)[None, :] < lengths[:, None],
-    cases=lambda: [Case((torch.tensor([3, 7, 1]), 7), "lengths 3, 7 and 1 of 7"),
-                   Case((torch.tensor([77]), 77), "a full prompt of 77 tokens")],
-    mistakes=[
-        Mistake(lambda lengths, L: torch.arange(L)[None, :] <= lengths[:, None],
-                "Off by one: a prompt of length n has tokens at positions 0 .. n - 1."),
-        Mistake(lambda lengths, L: torch.arange(L)[None, :] >= lengths[:, None],
-                "True marks the padding in yours: here True means a real token (attend to it)."),
-    ],
-    hints=["A row of positions compared with a column of lengths broadcasts to [b, L]."],
 ))
 
 

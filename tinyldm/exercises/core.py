@@ -86,6 +86,11 @@ class Exercise:
 EXERCISES: dict[str, Exercise] = {}
 
 
+def in_course_order() -> list[str]:
+    """The exercises' names by notebook, and within a notebook in the order the lesson asks them."""
+    return sorted(EXERCISES, key=lambda name: name.split(".")[0])  # a stable sort keeps the registration order
+
+
 def register(exercise: Exercise) -> Exercise:
     if exercise.name in EXERCISES:
         raise ValueError(f"exercise {exercise.name!r} is registered twice")
@@ -273,7 +278,7 @@ def progress(show: bool = True) -> dict[str, str]:
     """Every exercise of the course and its last result (from ``build/exercises.json``); prints a table per notebook
     and returns {name: status}."""
     state = json.loads(PROGRESS_FILE.read_text()) if PROGRESS_FILE.is_file() else {}
-    status = {name: state.get(name, {}).get("status", "not attempted") for name in sorted(EXERCISES)}
+    status = {name: state.get(name, {}).get("status", "not attempted") for name in in_course_order()}
     if show:
         marks = {"passed": "✓", "failed": "✗", "not attempted": "·"}
         for notebook in sorted({n.split(".")[0] for n in status}):

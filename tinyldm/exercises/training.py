@@ -134,34 +134,6 @@ register(Exercise(
 ))
 
 
-# -- 05.conditional_loss -----------------------------------------------------------------------------------------------
-
-register(Exercise(
-    name="05.conditional_loss",
-    title="Algorithm 1 with a label y",
-    stub='''def conditional_loss(eps_model, x_0, y, t, eps, alpha_bar):
-    """Algorithm 1's loss for a class-conditional model eps_theta(x_t, t, y):
-
-        || eps - eps_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t, y) ||^2, averaged.
-
-    eps_model(x_t, t, y) -> eps_hat; x_0, eps: [b, c, h, w]; y: int64 [b] class labels;
-    t: int64 [b] in 1..T; alpha_bar: float32 [T + 1]. Returns a 0-dim tensor.
-    """
-    raise NotImplementedError''',
-    reference=lambda model, x_0, y, t, eps, ab: _loss(model, x_0, t, eps, ab, y=y),
-    cases=lambda: _loss_cases(classes=3),
-    mistakes=[
-        Mistake(lambda m, x, y, t, e, ab: _loss(m, x, t, e, ab, y=torch.full_like(y, 3)),
-                "It matches the model asked for the null label: pass each item's own y."),
-        Mistake(lambda m, x, y, t, e, ab: _loss(m, x, t, e, ab, y=y, target="x_0"),
-                "It matches a loss against x_0: the network predicts the noise."),
-        Mistake(lambda m, x, y, t, e, ab: _loss(m, x, t, e, ab, y=y, reduce="sum"),
-                "It is a sum: average over every number of the batch."),
-    ],
-    hints=["The unconditional loss with one more argument: the model is eps_model(x_t, t, y)."],
-))
-
-
 # -- 05.class_embedding ------------------------------------------------------------------------------------------------
 
 def _class_cases():
@@ -194,4 +166,32 @@ register(Exercise(
         Mistake(lambda emb, y, table: table[y], "The time embedding is lost: add the label's row to it."),
     ],
     hints=["Indexing the table with y gives one row per item, [b, d]."],
+))
+
+
+# -- 05.conditional_loss -----------------------------------------------------------------------------------------------
+
+register(Exercise(
+    name="05.conditional_loss",
+    title="Algorithm 1 with a label y",
+    stub='''def conditional_loss(eps_model, x_0, y, t, eps, alpha_bar):
+    """Algorithm 1's loss for a class-conditional model eps_theta(x_t, t, y):
+
+        || eps - eps_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t, y) ||^2, averaged.
+
+    eps_model(x_t, t, y) -> eps_hat; x_0, eps: [b, c, h, w]; y: int64 [b] class labels;
+    t: int64 [b] in 1..T; alpha_bar: float32 [T + 1]. Returns a 0-dim tensor.
+    """
+    raise NotImplementedError''',
+    reference=lambda model, x_0, y, t, eps, ab: _loss(model, x_0, t, eps, ab, y=y),
+    cases=lambda: _loss_cases(classes=3),
+    mistakes=[
+        Mistake(lambda m, x, y, t, e, ab: _loss(m, x, t, e, ab, y=torch.full_like(y, 3)),
+                "It matches the model asked for the null label: pass each item's own y."),
+        Mistake(lambda m, x, y, t, e, ab: _loss(m, x, t, e, ab, y=y, target="x_0"),
+                "It matches a loss against x_0: the network predicts the noise."),
+        Mistake(lambda m, x, y, t, e, ab: _loss(m, x, t, e, ab, y=y, reduce="sum"),
+                "It is a sum: average over every number of the batch."),
+    ],
+    hints=["The unconditional loss with one more argument: the model is eps_model(x_t, t, y)."],
 ))
