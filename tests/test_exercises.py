@@ -86,6 +86,15 @@ def test_messages_say_what_is_wrong_and_where_without_the_answer():
         assert "sqrt(1 - a)" not in text and ".sqrt()" not in text  # the formula's code is never printed
 
 
+def test_a_notebook_shows_the_checks_message_once():
+    from IPython.core.interactiveshell import InteractiveShell
+
+    # the check printed its message; the Result it returns (the cell's last value) adds no output of its own
+    result = check("02.snr", lambda alpha_bar: alpha_bar, quiet=True)
+    assert InteractiveShell.instance().display_formatter.format(result) == ({}, {})
+    assert result.status == "failed" and repr(result) == "Result('02.snr', 'failed')"
+
+
 def test_strict_mode_turns_a_failed_check_into_an_error(monkeypatch):
     monkeypatch.setenv("TINYLDM_EXERCISES_STRICT", "1")
     with pytest.raises(AssertionError, match="02.snr"):

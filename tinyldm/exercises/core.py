@@ -121,6 +121,11 @@ class Result:
     def __repr__(self) -> str:
         return f"Result({self.name!r}, {self.status!r})"
 
+    def _ipython_display_(self) -> None:
+        # the last line of an exercise cell is its check, which has printed the message already: a notebook shows
+        # nothing more for the value (status and message stay on the object)
+        pass
+
 
 # -- comparing results ---------------------------------------------------------------------------------------------
 
