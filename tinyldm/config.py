@@ -34,9 +34,14 @@ DATA_DIR = Path(os.environ.get("TINYLDM_DATA", REPO_ROOT / "data"))
 BUILD_DIR = Path(os.environ.get("TINYLDM_BUILD", REPO_ROOT / "build"))
 
 
+def env_flag(name: str) -> bool:
+    """True when the environment variable ``name`` is set to a true value (1, true, yes, on)."""
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 def fast_mode() -> bool:
-    """True when ``TINYLDM_FAST`` is set to a true value (1, true, yes)."""
-    return os.environ.get(FAST_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+    """True when ``TINYLDM_FAST`` is set to a true value (1, true, yes, on)."""
+    return env_flag(FAST_ENV)
 
 
 def check_values(x: torch.Tensor) -> bool:
@@ -46,7 +51,7 @@ def check_values(x: torch.Tensor) -> bool:
     checked always (they need no read-back)."""
     if x.device.type in ("cpu", "meta"):
         return x.device.type == "cpu"  # a meta tensor (shapes only) has no values
-    return os.environ.get(DEBUG_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+    return env_flag(DEBUG_ENV)
 
 
 PRECISIONS = ("fp32", "bf16")

@@ -930,7 +930,8 @@ def retrain_course(out_dir: str | Path, device=None, scale: float = 1.0, tiny: b
                                    run_dir=out / "runs" / name, **kw, **extra)
         result = sample_test(model.to(device), ae.to(device), judge, text_encoder=text, per_class=1 if tiny else 10,
                              device=device, image_encoder=extra.get("image_encoder"), database=extra.get("database"))
-        model.cpu(), ae.cpu()
+        model.cpu()
+        ae.cpu()
         results[name] = json.loads(json.dumps(result, default=float))
     if distributed.is_main():
         (out / "results.json").write_text(json.dumps(results, indent=1))

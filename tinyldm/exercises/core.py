@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..config import BUILD_DIR
+from ..config import BUILD_DIR, env_flag
 
 __all__ = ["Case", "Mistake", "Exercise", "Result", "EXERCISES", "register", "check", "hint", "progress",
            "exercise", "PROGRESS_FILE"]
@@ -88,7 +88,7 @@ EXERCISES: dict[str, Exercise] = {}
 
 def in_course_order() -> list[str]:
     """The exercises' names by notebook, and within a notebook in the order the lesson asks them."""
-    return sorted(EXERCISES, key=lambda name: name.split(".")[0])  # a stable sort keeps the registration order
+    return sorted(EXERCISES, key=lambda name: EXERCISES[name].notebook)  # a stable sort keeps the registration order
 
 
 def register(exercise: Exercise) -> Exercise:
@@ -101,7 +101,7 @@ def register(exercise: Exercise) -> Exercise:
 def exercise(name: str) -> Exercise:
     """The exercise called ``name``; an unknown name lists the known ones of its notebook."""
     if name not in EXERCISES:
-        near = sorted(n for n in EXERCISES if n.split(".")[0] == name.split(".")[0]) or sorted(EXERCISES)
+        near = sorted(n for n in EXERCISES if EXERCISES[n].notebook == name.split(".")[0]) or sorted(EXERCISES)
         raise KeyError(f"no exercise {name!r}; the exercises are named like {', '.join(near[:8])}")
     return EXERCISES[name]
 
@@ -260,7 +260,7 @@ def check(name: str, fn: Callable, quiet: bool = False) -> Result:
     _record(result)
     if not quiet:
         print(result.message)
-    if os.environ.get("TINYLDM_EXERCISES_STRICT") and not result.passed:
+    if env_flag("TINYLDM_EXERCISES_STRICT") and not result.passed:
         # the notebooks with the reference solutions filled in (make test): a check that does not pass is an error
         raise AssertionError(result.message)
     return result
@@ -286,8 +286,8 @@ def progress(show: bool = True) -> dict[str, str]:
     status = {name: state.get(name, {}).get("status", "not attempted") for name in in_course_order()}
     if show:
         marks = {"passed": "✓", "failed": "✗", "not attempted": "·"}
-        for notebook in sorted({n.split(".")[0] for n in status}):
-            names = [n for n in status if n.split(".")[0] == notebook]
+        for notebook in sorted({EXERCISES[n].notebook for n in status}):
+            names = [n for n in status if EXERCISES[n].notebook == notebook]
             line = "  ".join(f"{marks[status[n]]} {exercise(n).function}" for n in names)
             print(f"notebook {notebook}: {line}")
         done = sum(s == "passed" for s in status.values())
